@@ -1,0 +1,297 @@
+"""The dialogue store: conversations, their messages, feedback and hand-offs.
+
+``ConversationStore(db)`` wraps a ``bot.store.Database``. Every public method is one unit of
+work (one transaction). Safe under concurrent writers:
+
+* Every write transaction *starts* with a write (an UPDATE of the conversation row, or an INSERT).
+  On SQLite (WAL) a transaction that reads first and writes later can fail with "database is
+  locked" at once when another writer committed in between (its read snapshot is stale, so waiting
+  cannot help); starting with a write takes the write lock up front and the busy timeout applies.
+  On PostgreSQL the UPDATE takes the row lock, serialising writers of one conversation only.
+* A busy/locked/serialization error that still slips through is retried a few times with backoff:
+  each unit of work is idempotent until it commits.
+
+Roles stored: ``user``, ``bot`` (the assistant) and ``human`` (a human agent). ``turns()`` maps
+both ``bot`` and ``human`` to ``agent``, the role name used by the retriever and the data formats.
+Timestamps are returned as ISO 8601 strings in UTC (``...Z``).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import random
+import time
+import uuid
+from typing import Any, Callable, TypeVar
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from bot.errors import NotFound, SupportbotError
+from bot.store.db import Database
+from bot.store.models import Conversation, Feedback, Handoff, Message, utcnow
+
+ROLES = ("user", "bot", "human")
+STATUSES = ("open", "handed_off", "resolved")
+# Fields of a message that add_message/update_message may set (besides role and text).
+MESSAGE_FIELDS = frozenset(
+    {
+        "text", "sources", "scores", "decision", "model_id", "latency_ms", "ttft_ms",
+        "prompt_tokens", "completion_tokens", "complete",
+    }
+)
+_RETRIES = 8
+T = TypeVar("T")
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.isoformat(timespec="milliseconds") + "Z"
+
+
+def _transient(exc: OperationalError) -> bool:
+    """True for lock contention that a retry resolves (SQLite busy, PostgreSQL serialization)."""
+    text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
+    return any(s in text for s in ("database is locked", "database is busy", "deadlock", "could not serialize"))
+
+
+class ConversationStore:
+    """Conversations of every bot, in the project's one database."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    # -- unit-of-work helper ------------------------------------------------------------------
+    def _run(self, work: Callable[[Session], T]) -> T:
+        for attempt in range(_RETRIES):
+            try:
+                with self.db.session() as s:
+                    return work(s)
+            except OperationalError as exc:
+                if attempt == _RETRIES - 1 or not _transient(exc):
+                    raise
+                time.sleep(0.01 * (2**attempt) * (0.5 + random.random()))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _touch(s: Session, conversation_id: str, **values: Any) -> None:
+        """Start a write transaction on the conversation row; NotFound when there is none."""
+        result = s.execute(
+            update(Conversation)
+            .where(Conversation.id == conversation_id)
+            .values(updated_at=utcnow(), **values)
+        )
+        if result.rowcount == 0:
+            raise NotFound(f"no conversation {conversation_id!r}")
+
+    # -- conversations ----------------------------------------------------------------------
+    def create(self, bot_id: int, visitor_id: str, metadata: dict | None = None) -> str:
+        """Start a conversation of ``bot_id`` for ``visitor_id``; returns its id (a uuid4)."""
+        conversation_id = str(uuid.uuid4())
+
+        def work(s: Session) -> str:
+            s.add(
+                Conversation(
+                    id=conversation_id, bot_id=bot_id, visitor_id=str(visitor_id)[:64],
+                    status="open", meta=dict(metadata or {}),
+                )
+            )
+            s.flush()
+            return conversation_id
+
+        try:
+            return self._run(work)
+        except IntegrityError as exc:
+            raise NotFound(f"no bot with id {bot_id}") from exc
+
+    def get(self, conversation_id: str) -> dict:
+        with self.db.session() as s:
+            conv = s.get(Conversation, conversation_id)
+            if conv is None:
+                raise NotFound(f"no conversation {conversation_id!r}")
+            count = s.scalar(
+                select(func.count(Message.id)).where(Message.conversation_id == conversation_id)
+            )
+            return self._conversation_dict(conv, count or 0)
+
+    @staticmethod
+    def _conversation_dict(conv: Conversation, message_count: int) -> dict:
+        return {
+            "id": conv.id,
+            "bot_id": conv.bot_id,
+            "visitor_id": conv.visitor_id,
+            "status": conv.status,
+            "metadata": dict(conv.meta or {}),
+            "created_at": _iso(conv.created_at),
+            "updated_at": _iso(conv.updated_at),
+            "message_count": int(message_count),
+        }
+
+    def set_status(self, conversation_id: str, status: str) -> None:
+        """Set ``open`` | ``handed_off`` | ``resolved`` (the admin console resolves conversations)."""
+        if status not in STATUSES:
+            raise SupportbotError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+        self._run(lambda s: self._touch(s, conversation_id, status=status))
+
+    def list(
+        self, bot_id: int, limit: int = 50, offset: int = 0, status: str | None = None
+    ) -> list[dict]:
+        """Conversations of ``bot_id``, most recently active first (for the admin console)."""
+        if status is not None and status not in STATUSES:
+            raise SupportbotError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+        limit = max(1, min(int(limit), 500))
+        counts = (
+            select(Message.conversation_id, func.count(Message.id).label("n"))
+            .group_by(Message.conversation_id)
+            .subquery()
+        )
+        query = (
+            select(Conversation, func.coalesce(counts.c.n, 0))
+            .outerjoin(counts, counts.c.conversation_id == Conversation.id)
+            .where(Conversation.bot_id == bot_id)
+        )
+        if status is not None:
+            query = query.where(Conversation.status == status)
+        query = query.order_by(Conversation.updated_at.desc(), Conversation.id).limit(limit).offset(
+            max(0, int(offset))
+        )
+        with self.db.session() as s:
+            return [self._conversation_dict(conv, n) for conv, n in s.execute(query).all()]
+
+    # -- messages ---------------------------------------------------------------------------
+    @staticmethod
+    def _check_fields(fields: dict[str, Any]) -> None:
+        unknown = set(fields) - MESSAGE_FIELDS
+        if unknown:
+            raise SupportbotError(
+                f"unknown message field(s): {', '.join(sorted(unknown))}; "
+                f"allowed: {', '.join(sorted(MESSAGE_FIELDS))}"
+            )
+
+    def add_message(self, conversation_id: str, role: str, text: str, **fields: Any) -> int:
+        """Append a message; returns its id. ``fields``: see ``MESSAGE_FIELDS``."""
+        if role not in ROLES:
+            raise SupportbotError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        self._check_fields(fields)
+        fields.pop("text", None)
+
+        def work(s: Session) -> int:
+            self._touch(s, conversation_id)
+            msg = Message(conversation_id=conversation_id, role=role, text=text, **fields)
+            s.add(msg)
+            s.flush()
+            return msg.id
+
+        return self._run(work)
+
+    def update_message(self, message_id: int, **fields: Any) -> None:
+        """Set fields of a stored message (the dialogue manager fills the bot's reply as it ends)."""
+        self._check_fields(fields)
+        if not fields:
+            return
+
+        def work(s: Session) -> None:
+            result = s.execute(update(Message).where(Message.id == message_id).values(**fields))
+            if result.rowcount == 0:
+                raise NotFound(f"no message {message_id}")
+
+        self._run(work)
+
+    def history(self, conversation_id: str) -> list[dict]:
+        """Every message, oldest first, with its latest feedback when there is some."""
+        with self.db.session() as s:
+            if s.get(Conversation, conversation_id) is None:
+                raise NotFound(f"no conversation {conversation_id!r}")
+            messages = s.scalars(
+                select(Message).where(Message.conversation_id == conversation_id).order_by(Message.id)
+            ).all()
+            feedback: dict[int, Feedback] = {}
+            for fb in s.scalars(
+                select(Feedback).where(Feedback.conversation_id == conversation_id).order_by(Feedback.id)
+            ):
+                feedback[fb.message_id] = fb  # later rows win: the latest rating counts
+            out = []
+            for m in messages:
+                row = {
+                    "id": m.id,
+                    "role": m.role,
+                    "text": m.text,
+                    "sources": list(m.sources or []),
+                    "scores": list(m.scores or []),
+                    "decision": m.decision,
+                    "model_id": m.model_id,
+                    "latency_ms": m.latency_ms,
+                    "ttft_ms": m.ttft_ms,
+                    "prompt_tokens": m.prompt_tokens,
+                    "completion_tokens": m.completion_tokens,
+                    "complete": bool(m.complete),
+                    "created_at": _iso(m.created_at),
+                }
+                fb = feedback.get(m.id)
+                if fb is not None:
+                    row["feedback"] = {"rating": fb.rating, "comment": fb.comment}
+                out.append(row)
+            return out
+
+    def turns(self, conversation_id: str, limit: int = 20) -> list[dict]:
+        """The last ``limit`` non-empty messages as ``{"role": "user"|"agent", "text"}``, oldest first."""
+        with self.db.session() as s:
+            rows = s.execute(
+                select(Message.role, Message.text)
+                .where(Message.conversation_id == conversation_id, Message.text != "")
+                .order_by(Message.id.desc())
+                .limit(max(0, int(limit)))
+            ).all()
+        return [{"role": "user" if r == "user" else "agent", "text": t} for r, t in reversed(rows)]
+
+    # -- feedback and hand-offs -------------------------------------------------------------
+    def add_feedback(
+        self, conversation_id: str, message_id: int, rating: int, comment: str = ""
+    ) -> int:
+        """Rate a bot/human reply of this conversation with +1 or -1; returns the feedback id."""
+        if rating not in (1, -1):
+            raise SupportbotError(f"rating must be +1 or -1, got {rating!r}")
+
+        def work(s: Session) -> int:
+            self._touch(s, conversation_id)
+            role = s.scalar(
+                select(Message.role).where(
+                    Message.id == message_id, Message.conversation_id == conversation_id
+                )
+            )
+            if role is None:
+                raise NotFound(f"no message {message_id} in conversation {conversation_id!r}")
+            if role == "user":
+                raise SupportbotError(f"feedback rates a reply; message {message_id} is the visitor's own")
+            fb = Feedback(
+                conversation_id=conversation_id, message_id=message_id, rating=rating,
+                comment=(comment or "")[:2000],
+            )
+            s.add(fb)
+            s.flush()
+            return fb.id
+
+        return self._run(work)
+
+    def request_handoff(self, conversation_id: str, reason: str) -> int:
+        """Record a hand-off to a person and mark the conversation ``handed_off``; returns its id."""
+
+        def work(s: Session) -> int:
+            self._touch(s, conversation_id, status="handed_off")
+            handoff = Handoff(conversation_id=conversation_id, reason=(reason or "requested")[:64])
+            s.add(handoff)
+            s.flush()
+            return handoff.id
+
+        return self._run(work)
+
+    def handoffs(self, conversation_id: str) -> list[dict]:
+        """The hand-offs of a conversation, oldest first."""
+        with self.db.session() as s:
+            rows = s.scalars(
+                select(Handoff).where(Handoff.conversation_id == conversation_id).order_by(Handoff.id)
+            ).all()
+            return [
+                {"id": h.id, "reason": h.reason, "created_at": _iso(h.created_at),
+                 "resolved_at": _iso(h.resolved_at)}
+                for h in rows
+            ]
