@@ -99,6 +99,18 @@ class WebSettings(BaseModel):
     rate_limit_ip: str = "120 per minute"
     rate_limit_storage: str = "memory://"
     heartbeat_s: float = 15.0
+    # An expired visitor token may be exchanged for a fresh one (same visitor) up to this age.
+    visitor_refresh_max_age_s: int = 30 * 86400
+    rate_limit_login: str = "10 per minute"
+    # Set when served over HTTPS (behind a TLS proxy): the admin session cookie gets Secure.
+    cookie_secure: bool = False
+    # Number of proxies in front that set X-Forwarded-For/-Proto (0: trust none).
+    trusted_proxies: int = 0
+    # How often a streaming answer's text so far is written to its message row, so that a client
+    # reconnecting (Last-Event-ID) to another worker process gets the rest of it.
+    resume_persist_s: float = 1.0
+    # Production server worker class for `supportbot serve` (gthread | gevent); see bench/web_load.py.
+    worker_class: str = "gthread"
 
 
 class TrainingSettings(BaseModel):
