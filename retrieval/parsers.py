@@ -1,0 +1,271 @@
+"""Read uploaded files into ``ParsedDocument``s.
+
+``parse_file(path, settings)`` and ``parse_bytes(name, data, settings)`` are the entry points; a
+registry (``PARSERS``) maps a lower-case suffix to a parser ``(name, data, settings) -> docs``.
+
+Contract, for every format:
+
+* every failure is a ``bot.errors.IngestError`` (or its subclasses ``UnsupportedFileType``,
+  ``FileTooLarge``) whose message starts with the file name; a file is parsed completely or not
+  at all, so a bad line never leaves half a file behind;
+* single-document files (Markdown, text, HTML, PDF, DOCX) get ``external_id`` = the file name, so
+  uploading a file of the same name again replaces it; title = first heading (or the format's own
+  title field), else the file stem;
+* multi-document files (CSV FAQ, JSONL knowledge base) give one document per row/line with an id
+  that survives re-uploads (see ``_csv_id``) and ``source`` = the file name.
+
+Text encodings: see ``parse_util.decode_text`` (UTF-8, or a BOM, or an HTML ``<meta charset>``;
+anything else is rejected with the likely encoding named, never guessed).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+from pathlib import Path
+from typing import Callable
+
+import yaml
+from markdown_it import MarkdownIt
+
+from bot.errors import FileTooLarge, IngestError, UnsupportedFileType
+from bot.settings import IngestSettings
+
+from .outline import Outline, tidy
+from .parse_util import decode_text, single_document
+from .parsers_office import parse_docx, parse_html, parse_pdf
+from .types import ParsedDocument, Section
+
+Parser = Callable[[str, bytes, IngestSettings], list[ParsedDocument]]
+
+# --- Markdown and plain text ------------------------------------------------------------------
+
+_FRONT_MATTER = re.compile(r"\A---\n(.*?)\n(?:---|\.\.\.)\n", re.S)
+_md = MarkdownIt("commonmark")
+
+
+def _inline_text(token) -> str:
+    """Plain text of a heading's inline token (``**bold**`` and ``code`` markers removed)."""
+    parts = [c.content for c in token.children or [] if c.type in ("text", "code_inline")]
+    return "".join(parts) or token.content
+
+
+def parse_markdown(name: str, data: bytes, settings: IngestSettings) -> list[ParsedDocument]:
+    text = decode_text(name, data)
+    front: dict = {}
+    match = _FRONT_MATTER.match(text)
+    if match:  # YAML front matter of static-site help centres (Jekyll, Hugo, Docusaurus)
+        try:
+            loaded = yaml.safe_load(match.group(1))
+        except yaml.YAMLError as err:
+            raise IngestError(name, f"has invalid YAML front matter: {err}") from None
+        front = loaded if isinstance(loaded, dict) else {}
+        text = text[match.end():]
+    lines = text.split("\n")
+    outline = Outline()
+    tokens = _md.parse(text)
+    cursor = 0  # first source line not yet assigned to a heading or a body
+    for i, tok in enumerate(tokens):
+        if tok.type != "heading_open":
+            continue
+        start, end = tok.map
+        outline.add("\n".join(lines[cursor:start]))
+        outline.heading(int(tok.tag[1:]), _inline_text(tokens[i + 1]))
+        cursor = end
+    outline.add("\n".join(lines[cursor:]))
+    title = str(front.get("title") or "").strip() or outline.first_heading()
+    meta = {k: v for k, v in front.items() if k != "title" and isinstance(v, (str, int, float, bool))}
+    return single_document(name, title, outline.sections(title), "text/markdown", **meta)
+
+
+def parse_text(name: str, data: bytes, settings: IngestSettings) -> list[ParsedDocument]:
+    body = tidy(decode_text(name, data))
+    return single_document(name, "", [Section(text=body)] if body else [], "text/plain")
+
+
+# --- CSV FAQ ----------------------------------------------------------------------------------
+
+
+def _norm(s: str) -> str:
+    return " ".join(s.split()).casefold()
+
+
+def _csv_id(stem: str, row_id: str, question: str, seen: dict[str, int]) -> str:
+    """A document id that survives re-uploads of the same CSV.
+
+    An ``id`` column wins. Otherwise the id hashes the normalised question, not the row number:
+    inserting, deleting or reordering rows, or editing an answer, then keeps every other row's id
+    (an edited answer changes only the content hash, so just that row is re-embedded). The file
+    stem is part of the id so two CSV files never overwrite each other's rows. A repeated
+    question gets a ``~2``, ``~3`` suffix in file order.
+    """
+    key = row_id or hashlib.sha1(_norm(question).encode()).hexdigest()[:12]
+    seen[key] = seen.get(key, 0) + 1
+    return f"{stem}:{key}" + (f"~{seen[key]}" if seen[key] > 1 else "")
+
+
+def parse_csv(name: str, data: bytes, settings: IngestSettings) -> list[ParsedDocument]:
+    text = decode_text(name, data)
+    want_q, want_a = _norm(settings.csv_question_column), _norm(settings.csv_answer_column)
+    # Spreadsheets export with ",", ";" (European locales) or tabs; the delimiter is the one whose
+    # header row contains both required columns (csv.Sniffer guesses wrong on prose answers).
+    header_line = text.split("\n", 1)[0]
+    found: list[str] = []
+    for delimiter in (",", ";", "\t"):
+        header = next(csv.reader([header_line], delimiter=delimiter), [])
+        columns = [_norm(h) for h in header]
+        if want_q in columns and want_a in columns:
+            break
+        found = found or header
+    else:
+        raise IngestError(
+            name,
+            f"needs columns {settings.csv_question_column!r} and {settings.csv_answer_column!r}; "
+            f"found {', '.join(repr(h) for h in found) or 'no columns'}",
+        )
+    index = {col: i for i, col in reversed(list(enumerate(columns)))}  # first one wins
+    want_title, stem = _norm(settings.csv_title_column), Path(name).stem
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    docs: list[ParsedDocument] = []
+    seen: dict[str, int] = {}
+    try:
+        next(reader)
+        for row in reader:
+            line = reader.line_num
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) > len(header):
+                raise IngestError(
+                    name,
+                    f"line {line} has {len(row)} fields but the header has {len(header)} "
+                    f"(quote values that contain {delimiter!r})",
+                )
+            values = {col: (row[i].strip() if i < len(row) else "") for col, i in index.items()}
+            question, answer = values[want_q], values[want_a]
+            if not question or not answer:
+                missing = "question" if not question else "answer"
+                raise IngestError(name, f"line {line} has an empty {missing}")
+            title = values.get(want_title, "")
+            extra = {header[i].strip(): values[c] for c, i in index.items()
+                     if c not in (want_q, want_a, want_title, "id") and values[c]}
+            section = Section(text=f"{question}\n{answer}", heading=title, kind="faq",
+                              question=question, answer=answer)
+            docs.append(ParsedDocument(
+                external_id=_csv_id(stem, values.get("id", ""), question, seen),
+                title=title or question, sections=[section], source=name, mime="text/csv",
+                metadata=extra,
+            ))
+    except csv.Error as err:
+        raise IngestError(name, f"line {reader.line_num}: {err}") from None
+    return docs
+
+
+# --- JSONL knowledge base ---------------------------------------------------------------------
+
+
+def _jsonl_doc(name: str, line: str) -> ParsedDocument:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"invalid JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(obj, dict):
+        raise ValueError("expected a JSON object")
+    doc_id, text = obj.get("id"), obj.get("text")
+    if not isinstance(doc_id, (str, int)) or isinstance(doc_id, bool) or str(doc_id).strip() == "":
+        raise ValueError("missing 'id' (a string)")
+    question, answer = obj.get("question") or "", obj.get("answer") or ""
+    if not isinstance(question, str) or not isinstance(answer, str):
+        raise ValueError("'question' and 'answer' must be strings")
+    if not text and question and answer:
+        text = f"{question}\n{answer}"
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("missing 'text' (a non-empty string)")
+    title, metadata = obj.get("title") or "", obj.get("metadata") or {}
+    if not isinstance(title, str) or not isinstance(metadata, dict):
+        raise ValueError("'title' must be a string and 'metadata' an object")
+    faq = bool(question and answer)
+    section = Section(text=text.strip(), heading=title, kind="faq" if faq else "text",
+                      question=question if faq else "", answer=answer if faq else "")
+    return ParsedDocument(external_id=str(doc_id), title=title or str(doc_id), sections=[section],
+                          source=name, mime="application/jsonl", metadata=dict(metadata))
+
+
+def parse_jsonl(name: str, data: bytes, settings: IngestSettings) -> list[ParsedDocument]:
+    """One document per line in the ``../shared/data`` kb format; any bad line rejects the file."""
+    docs: list[ParsedDocument] = []
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(decode_text(name, data).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            doc = _jsonl_doc(name, line)
+        except ValueError as err:
+            raise IngestError(name, f"line {number}: {err}") from None
+        if doc.external_id in first_line:
+            raise IngestError(name, f"line {number}: id {doc.external_id!r} repeats line "
+                                    f"{first_line[doc.external_id]}")
+        first_line[doc.external_id] = number
+        docs.append(doc)
+    return docs
+
+
+# --- registry and entry points ----------------------------------------------------------------
+
+PARSERS: dict[str, Parser] = {
+    ".md": parse_markdown,
+    ".markdown": parse_markdown,
+    ".txt": parse_text,
+    ".html": parse_html,
+    ".htm": parse_html,
+    ".pdf": parse_pdf,
+    ".docx": parse_docx,
+    ".csv": parse_csv,
+    ".jsonl": parse_jsonl,
+}
+SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(sorted(PARSERS))
+
+
+def _parser_for(name: str) -> Parser:
+    suffix = Path(name).suffix.lower()
+    parser = PARSERS.get(suffix)
+    if parser is None:
+        raise UnsupportedFileType(
+            name, f"unsupported file type {suffix or '(no suffix)'!r}; "
+                  f"supported: {', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    return parser
+
+
+def _check_size(name: str, size: int, settings: IngestSettings) -> None:
+    limit = int(settings.max_file_mb * 1024 * 1024)
+    if size > limit:
+        raise FileTooLarge(
+            name, f"is {size / 2**20:.1f} MB, over the {settings.max_file_mb:g} MB limit"
+        )
+
+
+def parse_bytes(name: str, data: bytes, settings: IngestSettings) -> list[ParsedDocument]:
+    """Parse an uploaded file's bytes. ``name`` is the file name (a client path is cut to it)."""
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    parser = _parser_for(name)
+    _check_size(name, len(data), settings)
+    if not data.strip():
+        raise IngestError(name, "is empty")
+    docs = parser(name, data, settings)
+    if not any(s.text.strip() for doc in docs for s in doc.sections):
+        raise IngestError(name, "has no text to index")
+    return [doc for doc in docs if doc.sections]
+
+
+def parse_file(path: Path, settings: IngestSettings) -> list[ParsedDocument]:
+    """Parse a file on disk: type and size are checked before its bytes are read."""
+    path = Path(path)
+    _parser_for(path.name)
+    try:
+        _check_size(path.name, path.stat().st_size, settings)
+        data = path.read_bytes()
+    except OSError as err:
+        raise IngestError(path.name, f"cannot be read ({err.strerror})") from None
+    return parse_bytes(path.name, data, settings)
