@@ -84,6 +84,25 @@ class DialogueSettings(BaseModel):
         "Cite the sources you use with [1], [2]. If the sources do not contain the answer, say "
         "you don't know and offer to connect the visitor with a person."
     )
+    # Retrieval candidates the policy sees, and earlier turns passed to the retriever with them.
+    candidates: int = 20
+    context_turns: int = 6
+    # Source selection (bot/policy.py), tuned by bench/calibrate_policy.py.
+    select_margin: float = 0.3
+    select_same_entity: bool = True
+    select_min_confidence: float = 0.0
+    handoff_message: str = (
+        "I'm sorry, I can't answer that from our help center. I've asked a member of our team to "
+        "take over this conversation; they will reply here as soon as they can."
+    )
+    requested_handoff_message: str = (
+        "Of course. I've asked a member of our team to join this conversation; they will reply "
+        "here as soon as they can."
+    )
+    clarify_message: str = (
+        "I'm not sure I understood. Are you asking about {topics}? You can rephrase your "
+        "question, or ask to talk to a person."
+    )
 
 
 class WebSettings(BaseModel):

@@ -1,0 +1,211 @@
+"""The dialogue manager: one visitor message in, a stream of events out, everything stored.
+
+``DialogueManager.respond(conversation_id, message)`` validates at once (unknown conversation,
+empty or over-long message raise before anything is stored) and returns an iterator of
+``bot.events.Event``:
+
+  answer   meta, token..., sources, done
+  clarify  meta, token..., sources (the topics offered), done
+  handoff  meta, handoff, done          (the message is in the handoff event, not in tokens)
+  failure  meta, token... (what was produced), error   (the partial reply is stored incomplete)
+
+The user message is stored before retrieval; the bot message row is created before the first
+event (its id is in ``meta``) and completed at the end with the sources, retrieval scores,
+decision, model id, latency, time to first token and token counts.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Iterator, Sequence
+
+from bot.conversations import ConversationStore
+from bot.errors import SupportbotError
+from bot.events import Event
+from bot.policy import ANSWER, CLARIFY, HANDOFF, Decision, decide, select_sources
+from bot.prompting import build_messages, cited_numbers
+from bot.settings import DialogueSettings
+from retrieval.types import Hit, Retriever
+
+log = logging.getLogger(__name__)
+MAX_MESSAGE_CHARS = 4000
+
+
+def source_entry(n: int, hit: Hit) -> dict[str, Any]:
+    """What the ``sources`` event and the stored message say about source ``[n]``."""
+    return {
+        "n": n,
+        "chunk_id": int(hit.chunk_id),
+        "doc_id": hit.doc_id,
+        "title": hit.title,
+        "source": hit.source,
+        "confidence": round(float(hit.confidence), 4),
+    }
+
+
+class DialogueManager:
+    def __init__(
+        self,
+        conversations: ConversationStore,
+        retriever: Retriever,
+        generator,
+        settings: DialogueSettings,
+    ):
+        self.conversations = conversations
+        self.retriever = retriever
+        self.generator = generator
+        self.settings = settings
+
+    # -- the parts, usable alone (evaluation runs them without storing) ------------------------
+    def retrieve(self, message: str, turns: Sequence[dict]) -> list[Hit]:
+        """Candidates for ``message`` in the conversation ``turns`` (earlier turns, oldest first)."""
+        return self.retriever.search(message, k=self.settings.candidates, turns=list(turns))
+
+    def plan(self, message: str, hits: Sequence[Hit]) -> tuple[Decision, list[Hit]]:
+        """The decision and the sources an answer would be grounded in."""
+        decision = decide(message, hits, self.settings)
+        return decision, select_sources(hits, self.settings) if decision.action == ANSWER else []
+
+    def prompt(self, message: str, sources: Sequence[Hit], turns: Sequence[dict]) -> list[dict]:
+        count = getattr(self.generator, "count_tokens", None)
+        return build_messages(
+            message, sources, turns, self.settings.system_prompt,
+            count_tokens=count, history_tokens=self.settings.history_tokens,
+        )
+
+    def clarify_text(self, hits: Sequence[Hit]) -> tuple[str, list[Hit]]:
+        """A clarifying question offering the (up to two) best distinct topics."""
+        topics: list[str] = []
+        offered: list[Hit] = []
+        for h in hits:
+            topic = str((h.metadata or {}).get("question") or h.title or "").strip()
+            if topic and topic.lower() not in {t.lower() for t in topics}:
+                topics.append(topic)
+                offered.append(h)
+            if len(topics) == 2:
+                break
+        joined = " or ".join(f"\u201c{t}\u201d" for t in topics) or "something in our help center"
+        return self.settings.clarify_message.format(topics=joined), offered
+
+    # -- the whole turn ---------------------------------------------------------------------
+    def respond(self, conversation_id: str, message: str) -> Iterator[Event]:
+        """Handle one visitor message (see the module docstring). Raises before streaming when
+        the conversation does not exist or the message is empty or too long."""
+        message = (message or "").strip()
+        if not message:
+            raise SupportbotError("message is empty")
+        if len(message) > MAX_MESSAGE_CHARS:
+            raise SupportbotError(f"message is too long ({len(message)} characters, max {MAX_MESSAGE_CHARS})")
+        self.conversations.get(conversation_id)  # NotFound before any event
+        return self._respond(conversation_id, message)
+
+    def _respond(self, conversation_id: str, message: str) -> Iterator[Event]:
+        t0 = time.perf_counter()
+        turns = self.conversations.turns(conversation_id, limit=self.settings.context_turns)
+        self.conversations.add_message(conversation_id, "user", message)
+        model_id = str(getattr(self.generator, "model_id", ""))
+        try:
+            hits = self.retrieve(message, turns)
+            decision, selected = self.plan(message, hits)
+        except Exception:  # a broken index must not crash the stream: a person takes over
+            log.exception("retrieval failed in conversation %s", conversation_id)
+            hits, selected = [], []
+            decision = Decision(HANDOFF, "retrieval_error", 0.0)
+        scores = [
+            {"chunk_id": int(h.chunk_id), "doc_id": h.doc_id, "score": round(float(h.score), 6),
+             "confidence": round(float(h.confidence), 6)}
+            for h in hits
+        ]
+        msg_id = self.conversations.add_message(
+            conversation_id, "bot", "", decision=decision.action, scores=scores,
+            model_id=model_id if decision.action == ANSWER else "", complete=False,
+        )
+        yield Event("meta", {"conversation_id": conversation_id, "message_id": msg_id,
+                             "decision": decision.action, "model": model_id})
+
+        if decision.action == HANDOFF:
+            yield from self._handoff(conversation_id, msg_id, decision, t0)
+        elif decision.action == CLARIFY:
+            yield from self._clarify(msg_id, hits, t0)
+        else:
+            yield from self._answer(msg_id, message, selected, turns, t0)
+
+    def _finish(self, msg_id: int, t0: float, **fields: Any) -> Event:
+        latency = (time.perf_counter() - t0) * 1000.0
+        self.conversations.update_message(msg_id, latency_ms=latency, complete=True, **fields)
+        return Event("done", {"message_id": msg_id, "latency_ms": round(latency, 1),
+                              "ttft_ms": fields.get("ttft_ms"),
+                              "completion_tokens": fields.get("completion_tokens")})
+
+    def _handoff(self, conversation_id: str, msg_id: int, decision: Decision, t0: float):
+        text = (self.settings.requested_handoff_message if decision.reason == "requested"
+                else self.settings.handoff_message)
+        self.conversations.request_handoff(conversation_id, decision.reason)
+        yield Event("handoff", {"reason": decision.reason, "message": text})
+        yield self._finish(msg_id, t0, text=text)
+
+    def _clarify(self, msg_id: int, hits: Sequence[Hit], t0: float):
+        text, offered = self.clarify_text(hits)
+        ttft = (time.perf_counter() - t0) * 1000.0
+        yield Event("token", {"text": text})
+        sources = [source_entry(n, h) for n, h in enumerate(offered, start=1)]
+        yield Event("sources", {"sources": sources})
+        yield self._finish(msg_id, t0, text=text, sources=sources, ttft_ms=ttft)
+
+    def _answer(self, msg_id: int, message: str, selected: list[Hit], turns, t0: float):
+        messages = self.prompt(message, selected, turns)
+        pieces: list[str] = []
+        ttft: float | None = None
+        try:
+            for piece in self.generator.stream(messages):
+                if not piece:
+                    continue
+                if ttft is None:
+                    ttft = (time.perf_counter() - t0) * 1000.0
+                pieces.append(piece)
+                yield Event("token", {"text": piece})
+        except Exception as exc:  # stored as incomplete; the stream ends with an error event
+            log.exception("generation failed for message %s", msg_id)
+            self.conversations.update_message(
+                msg_id, text="".join(pieces), ttft_ms=ttft, complete=False,
+                latency_ms=(time.perf_counter() - t0) * 1000.0,
+            )
+            text = exc.message if isinstance(exc, SupportbotError) else "the answer could not be completed"
+            yield Event("error", {"message": f"Sorry, something went wrong: {text}. Please try again."})
+            return
+        reply = "".join(pieces)
+        cited = cited_numbers(reply, len(selected))
+        # The numbers the reply cites; when it cites none, every source it was grounded in.
+        shown = cited or list(range(1, len(selected) + 1))
+        sources = [source_entry(n, selected[n - 1]) for n in shown]
+        yield Event("sources", {"sources": sources})
+        prompt_tokens, completion_tokens = self._usage(messages, reply)
+        yield self._finish(
+            msg_id, t0, text=reply, sources=sources, ttft_ms=ttft,
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+        )
+
+    def _usage(self, messages: list[dict], reply: str) -> tuple[int | None, int | None]:
+        """Prompt and completion tokens, counted with the generator's own tokenizer."""
+        tok = getattr(self.generator, "tokenizer", None)
+        count = getattr(self.generator, "count_tokens", None)
+        prompt = completion = None
+        try:
+            if tok is not None and getattr(tok, "chat_template", None):
+                ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+                prompt = len(ids["input_ids"] if hasattr(ids, "keys") else ids)
+            elif count is not None:
+                prompt = sum(count(m["content"]) for m in messages)
+            if count is not None:
+                completion = count(reply)
+        except Exception:  # counting is best effort; never fail a finished answer over it
+            log.debug("token counting failed", exc_info=True)
+        return prompt, completion
+
+
+def answer_once(components, bot_name: str | None, question: str) -> Iterator[Event]:
+    """Answer one question in a fresh conversation (``supportbot ask --generate``)."""
+    bot = bot_name or components.settings.default_bot
+    conversations = components.conversations
+    cid = conversations.create(components.db.bot_id(bot), "cli", {"channel": "cli"})
+    return components.dialogue(bot).respond(cid, question)
