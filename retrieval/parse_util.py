@@ -35,7 +35,7 @@ def decode_text(name: str, data: bytes, declared: str | None = None) -> str:
         raise IngestError(name, f"declares an unknown text encoding {declared!r}") from None
     except UnicodeDecodeError as err:
         best = charset_normalizer.from_bytes(data).best()
-        hint = f"; it looks like {best.encoding}" if best and best.encoding != "utf_8" else ""
+        hint = f"; perhaps {best.encoding}" if best and best.encoding != "utf_8" else ""
         raise IngestError(
             name,
             f"is not valid {encoding} text (byte 0x{data[err.start]:02x} at offset {err.start}"

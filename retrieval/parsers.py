@@ -241,9 +241,8 @@ def _parser_for(name: str) -> Parser:
 def _check_size(name: str, size: int, settings: IngestSettings) -> None:
     limit = int(settings.max_file_mb * 1024 * 1024)
     if size > limit:
-        raise FileTooLarge(
-            name, f"is {size / 2**20:.1f} MB, over the {settings.max_file_mb:g} MB limit"
-        )
+        shown = f"{size / 2**20:.1f} MB" if size >= 2**20 else f"{size / 1024:.1f} KB"
+        raise FileTooLarge(name, f"is {shown}, over the {settings.max_file_mb:g} MB limit")
 
 
 def parse_bytes(name: str, data: bytes, settings: IngestSettings) -> list[ParsedDocument]:

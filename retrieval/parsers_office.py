@@ -7,6 +7,7 @@ damaged upload is a user error, not a bug.
 from __future__ import annotations
 
 import io
+import logging
 import re
 
 import docx
@@ -79,6 +80,10 @@ def parse_html(name: str, data: bytes, settings: IngestSettings) -> list[ParsedD
 
 
 # --- PDF --------------------------------------------------------------------------------------
+
+# pypdf logs a warning for every damaged structure it works around; those files either parse or
+# become an IngestError here, so the warnings only clutter the CLI's progress output.
+logging.getLogger("pypdf").setLevel(logging.ERROR)
 
 _HYPHENATED = re.compile(r"([a-z])-\n([a-z])")  # "refund-\nable" split across lines
 
