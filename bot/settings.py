@@ -147,6 +147,22 @@ class TrainingSettings(BaseModel):
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
+    # Merge the LoRA adapter into the base weights on export (a plain folder the hf backend loads).
+    merge_lora: bool = True
+    max_steps: int = 0  # optimizer steps; 0 means from epochs
+    weight_decay: float = 0.0
+    checkpoint_every: int = 0  # 0 means eval_every
+    keep_checkpoints: int = 2
+    mixed_precision: str = "auto"  # auto (bf16 on a GPU) | no | bf16 | fp16
+    # Dataset preparation.
+    dev_fraction: float = 0.1
+    sources: Literal["retrieve", "gold", "none"] = "retrieve"
+    # PII: extra patterns scrubbed to [NAME] placeholders, e.g. {"order_id": "\\bORD-\\d{6}\\b"},
+    # and the countries whose national phone formats are recognised (international +CC always are).
+    pii_patterns: dict[str, str] = Field(default_factory=dict)
+    phone_regions: list[str] = Field(default_factory=lambda: ["US"])
+    # Promotion gate: the candidate may not fall below the serving model by more than this.
+    gate_tolerance: float = 0.0
 
 
 class Settings(BaseSettings):
