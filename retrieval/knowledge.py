@@ -36,6 +36,7 @@ class IngestReport:
     errors: list[str] = field(default_factory=list)  # one message per bad file, naming it
     chunks: int = 0
     documents: int = 0
+    removed: int = 0  # documents gone from a re-uploaded multi-document file
     seconds: float = 0.0
     version: int | None = None
 
@@ -44,6 +45,7 @@ class IngestReport:
             getattr(self, name).extend(getattr(other, name))
         self.chunks += other.chunks
         self.documents += other.documents
+        self.removed += other.removed
         self.version = other.version if other.version is not None else self.version
 
     def to_dict(self) -> dict:
@@ -102,22 +104,37 @@ class KnowledgeBase:
         """Parse every file (bad ones are reported, not fatal), then store and index the rest."""
         report = IngestReport()
         docs: list[ParsedDocument] = []
+        sources: set[str] = set()
         for path in tqdm(expand_paths(paths), desc="parsing", unit="file", disable=not progress):
             try:
-                docs.extend(parse_file(path, self.ingest_settings))
+                parsed = parse_file(path, self.ingest_settings)
             except IngestError as e:
                 report.errors.append(e.message)
+                continue
+            docs.extend(parsed)
+            sources.update(d.source for d in parsed if d.source)
         if docs:
-            report.merge(self.ingest_documents(bot, docs, progress=progress))
+            report.merge(self.ingest_documents(bot, docs, progress=progress, replace_sources=sources))
         return report
 
     def ingest_bytes(self, bot: str, name: str, data: bytes) -> IngestReport:
         """One uploaded file (the admin console). Raises IngestError for a bad file."""
-        return self.ingest_documents(bot, parse_bytes(name, data, self.ingest_settings))
+        docs = parse_bytes(name, data, self.ingest_settings)
+        return self.ingest_documents(bot, docs, replace_sources={d.source for d in docs if d.source})
 
     def ingest_documents(
-        self, bot: str, docs: Sequence[ParsedDocument], progress: bool = False
+        self,
+        bot: str,
+        docs: Sequence[ParsedDocument],
+        progress: bool = False,
+        replace_sources: set[str] = frozenset(),
     ) -> IngestReport:
+        """Store and index ``docs``; unchanged ones (same id and content hash) are skipped.
+
+        ``replace_sources``: files uploaded whole (a CSV FAQ, a JSONL knowledge base). Documents
+        that came from one of them earlier and are missing from this upload are deleted, so a row
+        removed from the file leaves the knowledge base too.
+        """
         t0 = time.perf_counter()
         report = IngestReport(documents=len(docs))
         bot_id = self.db.bot_id(bot)
@@ -125,6 +142,17 @@ class KnowledgeBase:
         hashes = {d.external_id: content_hash(d) for d in docs}
         with self.db.session() as s:
             existing = self._all_hashes(s, bot_id)
+            stale_ids = (
+                s.scalars(
+                    select(Document.id).where(
+                        Document.bot_id == bot_id,
+                        Document.source.in_(sorted(replace_sources)),
+                        Document.external_id.not_in(list(hashes)),
+                    )
+                ).all()
+                if replace_sources
+                else []
+            )
         todo = [d for d in docs if existing.get(d.external_id) != hashes[d.external_id]]
         report.unchanged = [d.external_id for d in docs if existing.get(d.external_id) == hashes[d.external_id]]
 
@@ -144,8 +172,11 @@ class KnowledgeBase:
 
         model_id = getattr(self.embedder, "model_id", type(self.embedder).__name__)
         i = 0
-        if planned:
+        if planned or stale_ids:
             with self.db.session() as s:
+                for doc_id in stale_ids:
+                    s.delete(s.get(Document, doc_id))
+                    report.removed += 1
                 for d, chunks in planned:
                     doc = s.scalar(
                         select(Document).where(
