@@ -1,0 +1,92 @@
+"""The web app: ``create_app(settings=None, components=None)`` (flaskr-style factory, no global app).
+
+Blueprints: ``chat`` (/api, the widget's streaming chat API), ``openai`` (/v1, OpenAI-compatible),
+``widget`` (/widget.js, /demo, /source, /healthz), ``auth`` and ``admin`` (/admin console).
+The components (database, knowledge base, dialogue managers) are built once per app and kept in
+``app.extensions["supportbot"]`` (a ``web.context.WebContext``).
+
+Development: ``flask --app web run``; production: ``supportbot serve`` (gunicorn, see web/server.py).
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from flask import Flask
+from flask_wtf.csrf import CSRFProtect
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from bot.settings import Settings, load_settings
+
+
+def create_app(
+    settings: Settings | None = None,
+    components: Any = None,
+    demo_site_key: str | None = None,
+    test_config: dict | None = None,
+) -> Flask:
+    """Build the app. ``components`` defaults to ``bot.components.Components(settings)``;
+    ``demo_site_key`` turns on the demo page (``supportbot serve --demo`` passes it)."""
+    from web import admin, auth, chat_api, errors, limits, openai_api, widget
+    from web.answers import Answers
+    from web.context import WebContext
+    from web.keys import ApiKeys, SiteKeys
+    from web.security import VisitorTokens, common_headers, secret_key
+
+    if settings is None:
+        settings = components.settings if components is not None else load_settings()
+    if components is None:
+        from bot.components import Components
+
+        components = Components(settings)
+    ws = settings.web
+
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=secret_key(settings),
+        # The largest request body: an upload (plus room for the multipart envelope).
+        MAX_CONTENT_LENGTH=int(ws.max_upload_mb * 1_000_000) + 64 * 1024,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=ws.cookie_secure,
+        SESSION_COOKIE_NAME="supportbot_admin",
+        PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=12),
+        WTF_CSRF_TIME_LIMIT=12 * 3600,
+        JSON_SORT_KEYS=False,
+    )
+    if test_config:
+        app.config.update(test_config)
+    if ws.trusted_proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=ws.trusted_proxies, x_proto=ws.trusted_proxies,
+                                x_host=ws.trusted_proxies)
+
+    db = components.db
+    app.extensions["supportbot"] = WebContext(
+        settings=settings,
+        components=components,
+        site_keys=SiteKeys(db),
+        api_keys=ApiKeys(db),
+        tokens=VisitorTokens(app.config["SECRET_KEY"], ws.visitor_token_ttl_s,
+                             ws.visitor_refresh_max_age_s),
+        answers=Answers(db, components.conversations.update_message, ws.resume_persist_s),
+        demo_site_key=demo_site_key,
+    )
+
+    csrf = CSRFProtect(app)
+    for bp in (chat_api.bp, openai_api.bp):  # bearer-token APIs: no cookies, so no CSRF
+        csrf.exempt(bp)
+
+    for bp in (chat_api.bp, openai_api.bp, widget.bp, auth.bp, admin.bp):
+        app.register_blueprint(bp)
+
+    limiter = limits.init_app(app, ws)
+    limits.limit_blueprint(limiter, chat_api.bp, ws.rate_limit_ip)
+    limits.limit_blueprint(limiter, openai_api.bp, ws.rate_limit_ip)
+    limits.limit_view(app, limiter, "chat.post_message", ws.rate_limit_visitor,
+                      key_func=limits.visitor_key, methods=["POST"])
+    limits.limit_view(app, limiter, "auth.login", ws.rate_limit_login, methods=["POST"])
+    app.extensions["supportbot_limiter"] = limiter
+
+    errors.init_app(app)
+    app.after_request(common_headers)
+    return app

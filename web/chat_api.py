@@ -1,0 +1,261 @@
+"""The visitor chat API under ``/api``: what the widget (or any site's own front end) calls.
+
+  POST /api/session                         {site_key, visitor_token?} -> {visitor_token, ...}
+  POST /api/conversations                   -> 201 {id}
+  GET  /api/conversations/<id>              -> {id, status, messages: [...]}
+  POST /api/conversations/<id>/messages     {message} -> text/event-stream
+       with a Last-Event-ID header instead: the rest of that answer (no new message)
+  GET  /api/conversations/<id>/events       Last-Event-ID header -> the rest of that answer
+  POST /api/conversations/<id>/feedback     {message_id, rating: 1|-1|"up"|"down", comment?}
+  POST /api/conversations/<id>/handoff      {reason?} -> {status: "handed_off", message}
+
+Every call but ``/session`` needs ``Authorization: Bearer <visitor token>``. The token names one
+visitor and one site key; a conversation is visible only to the visitor who started it (another
+visitor gets 404, the same answer as for an id that does not exist). A request that carries an
+``Origin`` must come from an origin the site key allows; ``/session`` requires one. CORS headers
+are sent for allowed origins only. The stream's events: meta, token, sources, done, handoff, error.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator
+from urllib.parse import quote, urlsplit
+
+from flask import Blueprint, Response, g, jsonify, request
+
+from bot.errors import Forbidden, NotFound, SupportbotError
+from web.answers import Item
+from web.context import web
+from web.keys import SiteKeyInfo, normalize_origin
+from web.security import Visitor, bearer_token, json_body
+from web.sse import sse_response, with_heartbeats
+
+bp = Blueprint("chat", __name__, url_prefix="/api")
+
+MAX_JSON_BYTES = 64 * 1024
+CORS_HEADERS = "Authorization, Content-Type, Last-Event-ID"
+
+
+# -- origin, CORS, authentication ---------------------------------------------------------------
+def request_origin() -> str | None:
+    """The browser's Origin header (or the Referer's origin, which some browsers send instead)."""
+    origin = request.headers.get("Origin")
+    if origin and origin != "null":
+        return origin
+    referer = request.headers.get("Referer")
+    if referer:
+        parts = urlsplit(referer)
+        if parts.scheme and parts.netloc:
+            return f"{parts.scheme}://{parts.netloc}"
+    return None
+
+
+@bp.before_request
+def _before() -> Response | None:
+    if request.method == "OPTIONS":
+        return _preflight()
+    if request.content_length and request.content_length > MAX_JSON_BYTES:
+        raise SupportbotError(f"request body is larger than {MAX_JSON_BYTES // 1024} KB")
+    return None
+
+
+def _preflight() -> Response:
+    origin = request.headers.get("Origin", "")
+    if not origin or not web().site_keys.origin_allowed_anywhere(origin):
+        raise Forbidden(f"origin {origin or '(none)'} is not allowed by any site key")
+    resp = Response(status=204)
+    resp.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+    resp.headers["Access-Control-Allow-Headers"] = CORS_HEADERS
+    resp.headers["Access-Control-Max-Age"] = "600"
+    g.cors_origin = origin
+    return resp
+
+
+@bp.after_request
+def _cors(resp: Response) -> Response:
+    origin = g.get("cors_origin")
+    if origin:
+        resp.headers["Access-Control-Allow-Origin"] = origin
+        resp.headers["Access-Control-Expose-Headers"] = "Retry-After"
+    resp.headers.add("Vary", "Origin")
+    resp.headers.setdefault("Cache-Control", "no-store")
+    return resp
+
+
+def _check_origin(key: SiteKeyInfo, required: bool) -> None:
+    origin = request_origin()
+    if origin is None:
+        if required:
+            raise Forbidden("missing Origin header: visitor sessions start from a web page")
+        return
+    if not key.allows(origin):
+        raise Forbidden(f"origin {origin} is not allowed for this site key")
+    g.cors_origin = request.headers.get("Origin") or normalize_origin(origin)
+
+
+def current_visitor() -> tuple[Visitor, SiteKeyInfo]:
+    """The visitor of this request and their site key; 401/403 otherwise."""
+    ctx = web()
+    visitor = ctx.tokens.verify(bearer_token())
+    key = ctx.site_keys.get(visitor.site_key)
+    _check_origin(key, required=False)
+    return visitor, key
+
+
+def owned_conversation(conversation_id: str, visitor: Visitor, key: SiteKeyInfo) -> dict:
+    """The conversation, if this visitor started it on this bot; NotFound otherwise."""
+    try:
+        conv = web().components.conversations.get(conversation_id)
+    except NotFound:
+        conv = None
+    if conv is None or conv["visitor_id"] != visitor.visitor_id or conv["bot_id"] != key.bot_id:
+        raise NotFound(f"no conversation {conversation_id!r}")
+    return conv
+
+
+# -- sources shown to visitors ------------------------------------------------------------------
+def source_url(source: dict[str, Any], site_key: str) -> str:
+    """A link for a source: its own URL when it has one, else the app's page for that passage."""
+    src = str(source.get("source") or "")
+    if src.startswith(("https://", "http://")):
+        return src
+    return f"/source/{int(source.get('chunk_id', 0))}?k={quote(site_key)}"
+
+
+def public_sources(sources: Iterable[dict], site_key: str) -> list[dict]:
+    return [
+        {"n": s.get("n"), "title": s.get("title") or s.get("doc_id") or "", "doc_id": s.get("doc_id"),
+         "url": source_url(s, site_key)}
+        for s in sources or []
+    ]
+
+
+def _link_sources(items: Iterable[Item], site_key: str) -> Iterator[Item]:
+    for item in items:
+        if item is not None and item[0].type == "sources":
+            event, eid = item
+            event = type(event)("sources", {"sources": public_sources(event.data.get("sources"), site_key)})
+            item = (event, eid)
+        yield item
+
+
+def _stream(items: Iterable[Item], site_key: str) -> Response:
+    return sse_response(with_heartbeats(_link_sources(items, site_key)))
+
+
+# -- views --------------------------------------------------------------------------------------
+@bp.post("/session")
+def session():
+    """Exchange a site key (plus, optionally, an earlier visitor token) for a fresh visitor token."""
+    ctx = web()
+    body = json_body(required=("site_key",))
+    key = ctx.site_keys.get(str(body["site_key"]))
+    _check_origin(key, required=True)
+    previous = body.get("visitor_token")
+    # A genuine earlier token of this site key keeps the same visitor (and their conversations).
+    renewed = ctx.tokens.renewable(str(previous), key.key) if previous else None
+    token, visitor_id = ctx.tokens.issue(key.key, renewed)
+    return jsonify(
+        visitor_token=token, visitor_id=visitor_id, expires_in=ctx.tokens.ttl_s, bot=key.bot,
+        renewed=renewed is not None, max_message_chars=ctx.settings.web.max_message_chars,
+    )
+
+
+@bp.post("/conversations")
+def create_conversation():
+    visitor, key = current_visitor()
+    body = json_body()
+    page = str(body.get("page") or "")[:500]
+    meta = {"channel": "widget", "site_key": key.key, "origin": g.get("cors_origin") or "", "page": page}
+    cid = web().components.conversations.create(key.bot_id, visitor.visitor_id, meta)
+    return jsonify(id=cid, status="open"), 201
+
+
+@bp.get("/conversations/<conversation_id>")
+def get_conversation(conversation_id: str):
+    visitor, key = current_visitor()
+    conv = owned_conversation(conversation_id, visitor, key)
+    messages = []
+    for m in web().components.conversations.history(conversation_id):
+        item = {
+            "id": m["id"], "role": "user" if m["role"] == "user" else "agent", "text": m["text"],
+            "decision": m.get("decision") or "", "complete": m.get("complete", True),
+            "created_at": m.get("created_at"),
+            "sources": public_sources(m.get("sources") or [], key.key),
+        }
+        if m.get("feedback"):
+            item["feedback"] = m["feedback"]
+        messages.append(item)
+    return jsonify(id=conv["id"], status=conv["status"], created_at=conv["created_at"], messages=messages)
+
+
+@bp.post("/conversations/<conversation_id>/messages")
+def post_message(conversation_id: str):
+    ctx = web()
+    visitor, key = current_visitor()
+    owned_conversation(conversation_id, visitor, key)
+    heartbeat = ctx.settings.web.heartbeat_s
+    last_event_id = request.headers.get("Last-Event-ID")
+    if last_event_id:  # a client reconnecting: the rest of that answer, not a second one
+        return _stream(ctx.answers.resume(conversation_id, last_event_id, heartbeat), key.key)
+    body = json_body(required=("message",))
+    message = body["message"]
+    if not isinstance(message, str) or not message.strip():
+        raise SupportbotError("message must be a non-empty string")
+    limit = ctx.settings.web.max_message_chars
+    if len(message) > limit:
+        raise SupportbotError(f"message is too long ({len(message)} characters, max {limit})")
+    # respond() checks everything it needs before returning, so bad input is a plain 4xx here.
+    events = ctx.components.dialogue(key.bot).respond(conversation_id, message)
+    stream = ctx.answers.start(conversation_id, events)
+    return _stream(stream.follow(heartbeat), key.key)
+
+
+@bp.get("/conversations/<conversation_id>/events")
+def resume_events(conversation_id: str):
+    ctx = web()
+    visitor, key = current_visitor()
+    owned_conversation(conversation_id, visitor, key)
+    last_event_id = request.headers.get("Last-Event-ID") or request.args.get("last_event_id", "")
+    if not last_event_id:
+        raise SupportbotError("send the Last-Event-ID of the answer to resume")
+    return _stream(ctx.answers.resume(conversation_id, last_event_id, ctx.settings.web.heartbeat_s),
+                   key.key)
+
+
+RATINGS = {1: 1, -1: -1, "1": 1, "-1": -1, "up": 1, "down": -1, "+1": 1}
+
+
+@bp.post("/conversations/<conversation_id>/feedback")
+def feedback(conversation_id: str):
+    visitor, key = current_visitor()
+    owned_conversation(conversation_id, visitor, key)
+    body = json_body(required=("message_id", "rating"))
+    rating = body["rating"]
+    if isinstance(rating, bool) or rating not in RATINGS:
+        raise SupportbotError("rating must be 1 or -1 (or \"up\" / \"down\")")
+    try:
+        message_id = int(body["message_id"])
+    except (TypeError, ValueError) as exc:
+        raise SupportbotError("message_id must be an integer") from exc
+    comment = body.get("comment") or ""
+    if not isinstance(comment, str):
+        raise SupportbotError("comment must be a string")
+    if len(comment) > 2000:
+        raise SupportbotError(f"comment is too long ({len(comment)} characters, max 2000)")
+    fid = web().components.conversations.add_feedback(conversation_id, message_id, RATINGS[rating], comment)
+    return jsonify(id=fid, message_id=message_id, rating=RATINGS[rating]), 201
+
+
+@bp.post("/conversations/<conversation_id>/handoff")
+def handoff(conversation_id: str):
+    ctx = web()
+    visitor, key = current_visitor()
+    owned_conversation(conversation_id, visitor, key)
+    body = json_body()
+    reason = str(body.get("reason") or "requested")[:64]
+    ctx.components.conversations.request_handoff(conversation_id, reason)
+    dialogue = ctx.settings.dialogue
+    text = getattr(dialogue, "requested_handoff_message", "") or (
+        "Thanks, a person from our team will continue this conversation here."
+    )
+    return jsonify(status="handed_off", message=text)

@@ -1,0 +1,28 @@
+"""What the app's views share: the components and the web-layer services, built once per app."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flask import current_app
+
+from bot.settings import Settings
+from web.answers import Answers
+from web.keys import ApiKeys, SiteKeys
+from web.security import VisitorTokens
+
+
+@dataclass
+class WebContext:
+    settings: Settings
+    components: Any  # bot.components.Components
+    site_keys: SiteKeys
+    api_keys: ApiKeys
+    tokens: VisitorTokens
+    answers: Answers
+    demo_site_key: str | None = None
+
+
+def web() -> WebContext:
+    """The current app's ``WebContext`` (inside a request or app context)."""
+    return current_app.extensions["supportbot"]

@@ -1,0 +1,450 @@
+/*
+ * supportbot chat widget.
+ *
+ *   <script src="https://HOST/widget.js" data-site-key="sk_..." async></script>
+ *
+ * Optional attributes: data-title, data-greeting, data-color, data-position ("right" | "left"),
+ * data-placeholder, data-open ("true" opens the panel at load). CSS variables set on the
+ * <supportbot-chat> element (or any ancestor) theme it too: --supportbot-color,
+ * --supportbot-text-color, --supportbot-font, --supportbot-radius, --supportbot-z-index.
+ *
+ * Everything lives in the shadow root of a <supportbot-chat> custom element, so the page's CSS
+ * cannot reach in and the widget's CSS cannot leak out. Text from the model or the knowledge base
+ * is only ever inserted with textContent (a small markdown subset is built with DOM APIs);
+ * innerHTML is never used with it.
+ */
+(function () {
+  "use strict";
+  if (window.customElements && window.customElements.get("supportbot-chat")) return;
+
+  var script = document.currentScript ||
+    document.querySelector('script[data-site-key][src*="widget.js"]');
+  if (!script) return;
+  var SITE_KEY = script.getAttribute("data-site-key") || "";
+  var API = (script.getAttribute("data-api") || new URL(script.src, location.href).origin).replace(/\/$/, "");
+  var STORE = "supportbot:" + API + ":" + SITE_KEY;
+
+  var CSS = [
+    ":host{all:initial;position:fixed;bottom:20px;right:20px;z-index:var(--supportbot-z-index,2147483000);",
+    "font-family:var(--supportbot-font,system-ui,-apple-system,'Segoe UI',Roboto,sans-serif);font-size:15px;line-height:1.45;color:#1d2329}",
+    ":host([position=left]){right:auto;left:20px}",
+    "*{box-sizing:border-box}",
+    ".bubble{width:60px;height:60px;border-radius:50%;border:0;cursor:pointer;background:var(--supportbot-color,#2f6f4f);",
+    "color:var(--supportbot-text-color,#fff);box-shadow:0 4px 14px rgba(0,0,0,.25);display:flex;align-items:center;justify-content:center}",
+    ".bubble svg{width:28px;height:28px;fill:currentColor}",
+    "button:focus-visible,textarea:focus-visible,a:focus-visible,input:focus-visible{outline:3px solid #f5b700;outline-offset:2px}",
+    ".panel{position:absolute;bottom:76px;right:0;width:370px;max-width:calc(100vw - 40px);height:560px;max-height:calc(100vh - 120px);",
+    "background:#fff;border-radius:var(--supportbot-radius,14px);box-shadow:0 10px 40px rgba(0,0,0,.28);display:flex;flex-direction:column;overflow:hidden}",
+    ":host([position=left]) .panel{right:auto;left:0}",
+    ".panel[hidden]{display:none}",
+    "header{background:var(--supportbot-color,#2f6f4f);color:var(--supportbot-text-color,#fff);padding:12px 14px;display:flex;align-items:center;gap:8px}",
+    "header h2{font-size:16px;margin:0;flex:1;font-weight:600}",
+    "header button{background:transparent;border:0;color:inherit;font-size:22px;cursor:pointer;line-height:1;padding:2px 6px}",
+    ".log{flex:1;overflow-y:auto;padding:12px;display:flex;flex-direction:column;gap:10px;background:#f6f7f8}",
+    ".msg{max-width:88%;padding:8px 12px;border-radius:12px;white-space:normal;overflow-wrap:anywhere}",
+    ".msg.user{align-self:flex-end;background:var(--supportbot-color,#2f6f4f);color:var(--supportbot-text-color,#fff)}",
+    ".msg.agent{align-self:flex-start;background:#fff;border:1px solid #dde1e4}",
+    ".msg.note{align-self:center;background:#fff7e0;border:1px solid #f0d890;font-size:13px}",
+    ".msg.error{align-self:center;background:#fdecec;border:1px solid #f3b9b9;font-size:13px}",
+    ".msg p{margin:0 0 6px}.msg p:last-child{margin-bottom:0}.msg ul,.msg ol{margin:4px 0;padding-left:20px}",
+    ".msg code{background:#eef0f2;padding:0 3px;border-radius:3px;font-size:13px}",
+    ".msg a{color:inherit}",
+    ".typing::after{content:'\\2026';opacity:.6}",
+    ".sources{margin:8px 0 0;padding:6px 0 0;border-top:1px solid #e6e9eb;list-style:none;font-size:13px}",
+    ".sources li{margin:2px 0}.sources a{color:#245a8a}",
+    ".rate{display:flex;gap:6px;margin-top:6px;align-items:center;font-size:12px;color:#5b6670}",
+    ".rate button{border:1px solid #cfd5da;background:#fff;border-radius:6px;cursor:pointer;padding:2px 8px;font-size:14px}",
+    ".rate button[aria-pressed=true]{background:#e3f1e8;border-color:#2f6f4f}",
+    ".comment{display:flex;gap:6px;margin-top:6px}.comment input{flex:1;font:inherit;font-size:13px;padding:4px 6px;border:1px solid #cfd5da;border-radius:6px}",
+    ".comment button{font-size:12px}",
+    "form.compose{display:flex;gap:8px;padding:10px;border-top:1px solid #e1e4e7;background:#fff}",
+    "textarea{flex:1;resize:none;font:inherit;padding:8px 10px;border:1px solid #cfd5da;border-radius:10px;min-height:42px;max-height:120px}",
+    ".send{background:var(--supportbot-color,#2f6f4f);color:var(--supportbot-text-color,#fff);border:0;border-radius:10px;padding:0 14px;cursor:pointer;font:inherit;font-weight:600}",
+    ".send:disabled{opacity:.5;cursor:default}",
+    ".human{background:transparent;border:0;color:#245a8a;text-decoration:underline;cursor:pointer;font:inherit;font-size:13px;padding:4px 12px 8px;text-align:left}",
+    ".sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}",
+    "@media (max-width:480px){:host{bottom:12px;right:12px}:host([position=left]){left:12px}",
+    ".panel.open{position:fixed;inset:0;width:100vw;max-width:100vw;height:100%;max-height:100%;border-radius:0}}"
+  ].join("\n");
+
+  function chatIcon() {
+    var ns = "http://www.w3.org/2000/svg", svg = document.createElementNS(ns, "svg"), path = document.createElementNS(ns, "path");
+    svg.setAttribute("viewBox", "0 0 24 24"); svg.setAttribute("aria-hidden", "true");
+    path.setAttribute("d", "M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H8l-4 4V6a2 2 0 0 1 2-2z");
+    svg.appendChild(path);
+    return svg;
+  }
+
+  function el(tag, attrs, text) {
+    var node = document.createElement(tag);
+    if (attrs) for (var k in attrs) if (attrs[k] != null) node.setAttribute(k, attrs[k]);
+    if (text != null) node.textContent = text;
+    return node;
+  }
+
+  function safeUrl(href) {
+    try {
+      var u = new URL(href, API + "/");
+      return (u.protocol === "https:" || u.protocol === "http:") ? u.href : null;
+    } catch (e) { return null; }
+  }
+
+  /* Markdown subset -> DOM: paragraphs, line breaks, "- "/"1. " lists, **bold**, *italic*,
+     `code`, [text](http...) links. Everything else stays literal text. */
+  function inline(parent, text) {
+    var re = /(\*\*([^*]+)\*\*|\*([^*\s][^*]*)\*|`([^`]+)`|\[([^\]]+)\]\((https?:\/\/[^)\s]+)\))/g;
+    var last = 0, m;
+    while ((m = re.exec(text))) {
+      if (m.index > last) parent.appendChild(document.createTextNode(text.slice(last, m.index)));
+      if (m[2] != null) parent.appendChild(el("strong", null, m[2]));
+      else if (m[3] != null) parent.appendChild(el("em", null, m[3]));
+      else if (m[4] != null) parent.appendChild(el("code", null, m[4]));
+      else {
+        var href = safeUrl(m[6]);
+        if (href) parent.appendChild(el("a", { href: href, target: "_blank", rel: "noopener noreferrer" }, m[5]));
+        else parent.appendChild(document.createTextNode(m[0]));
+      }
+      last = re.lastIndex;
+    }
+    if (last < text.length) parent.appendChild(document.createTextNode(text.slice(last)));
+  }
+
+  function renderMarkdown(node, text) {
+    while (node.firstChild) node.removeChild(node.firstChild);
+    var blocks = text.replace(/\r\n/g, "\n").split(/\n{2,}/);
+    blocks.forEach(function (block) {
+      var lines = block.split("\n");
+      var bullet = /^\s*[-*]\s+/, number = /^\s*\d+[.)]\s+/;
+      if (lines.every(function (l) { return bullet.test(l); }) || lines.every(function (l) { return number.test(l); })) {
+        var list = el(bullet.test(lines[0]) ? "ul" : "ol");
+        lines.forEach(function (l) { var li = el("li"); inline(li, l.replace(bullet, "").replace(number, "")); list.appendChild(li); });
+        node.appendChild(list);
+        return;
+      }
+      var p = el("p");
+      lines.forEach(function (l, i) { if (i) p.appendChild(el("br")); inline(p, l); });
+      node.appendChild(p);
+    });
+  }
+
+  /* Reads a text/event-stream body; calls onEvent(type, data, id) per event. */
+  function readEvents(response, onEvent) {
+    var reader = response.body.getReader(), decoder = new TextDecoder(), buffer = "";
+    function dispatch(block) {
+      var type = "message", data = [], id = null;
+      block.split(/\r?\n/).forEach(function (line) {
+        if (!line || line.charAt(0) === ":") return;
+        var i = line.indexOf(":"), name = i < 0 ? line : line.slice(0, i);
+        var value = i < 0 ? "" : line.slice(i + 1).replace(/^ /, "");
+        if (name === "event") type = value; else if (name === "data") data.push(value); else if (name === "id") id = value;
+      });
+      if (data.length) onEvent(type, JSON.parse(data.join("\n")), id);
+    }
+    function pump() {
+      return reader.read().then(function (r) {
+        if (r.done) { if (buffer.trim()) dispatch(buffer); return; }
+        buffer += decoder.decode(r.value, { stream: true });
+        var parts = buffer.split(/\r?\n\r?\n/);
+        buffer = parts.pop();
+        parts.forEach(dispatch);
+        return pump();
+      });
+    }
+    return pump();
+  }
+
+  function load() { try { return JSON.parse(localStorage.getItem(STORE)) || {}; } catch (e) { return {}; } }
+  function save(state) { try { localStorage.setItem(STORE, JSON.stringify(state)); } catch (e) { /* private mode */ } }
+
+  function ApiError(status, message, retryAfter) { this.status = status; this.message = message; this.retryAfter = retryAfter; }
+
+  class SupportbotChat extends HTMLElement {}
+
+  SupportbotChat.prototype.connectedCallback = function () {
+    if (this._ready) return;
+    this._ready = true;
+    this.state = load();
+    this.busy = false;
+    var root = this.attachShadow({ mode: "open" });
+    if (root.adoptedStyleSheets !== undefined && window.CSSStyleSheet && "replaceSync" in CSSStyleSheet.prototype) {
+      var sheet = new CSSStyleSheet(); sheet.replaceSync(CSS); root.adoptedStyleSheets = [sheet];
+    } else {
+      root.appendChild(el("style", null, CSS));
+    }
+    var title = script.getAttribute("data-title") || "Help";
+    var color = script.getAttribute("data-color");
+    if (color) this.style.setProperty("--supportbot-color", color);
+    this.setAttribute("position", script.getAttribute("data-position") === "left" ? "left" : "right");
+
+    this.bubble = el("button", { "class": "bubble", type: "button", "aria-label": "Open chat: " + title, "aria-expanded": "false", "aria-controls": "sb-panel" });
+    this.bubble.appendChild(chatIcon());
+    this.panel = el("section", { "class": "panel", id: "sb-panel", role: "dialog", "aria-label": title, hidden: "" });
+    var header = el("header");
+    header.appendChild(el("h2", null, title));
+    this.closeBtn = el("button", { type: "button", "aria-label": "Close chat" }, "\u00d7");
+    header.appendChild(this.closeBtn);
+    this.log = el("div", { "class": "log", role: "log", "aria-live": "polite", "aria-label": "Conversation" });
+    this.humanBtn = el("button", { "class": "human", type: "button" }, "Talk to a person");
+    this.form = el("form", { "class": "compose" });
+    var label = el("label", { "for": "sb-input", "class": "sr" }, "Your message");
+    this.input = el("textarea", { id: "sb-input", rows: "1", placeholder: script.getAttribute("data-placeholder") || "Ask a question\u2026", maxlength: "2000" });
+    this.sendBtn = el("button", { "class": "send", type: "submit" }, "Send");
+    this.form.appendChild(label); this.form.appendChild(this.input); this.form.appendChild(this.sendBtn);
+    this.panel.appendChild(header); this.panel.appendChild(this.log); this.panel.appendChild(this.humanBtn); this.panel.appendChild(this.form);
+    root.appendChild(this.panel); root.appendChild(this.bubble);
+
+    var self = this;
+    this.bubble.addEventListener("click", function () { self.toggle(); });
+    this.closeBtn.addEventListener("click", function () { self.toggle(false); });
+    this.panel.addEventListener("keydown", function (e) { if (e.key === "Escape") self.toggle(false); });
+    this.form.addEventListener("submit", function (e) { e.preventDefault(); self.send(); });
+    this.input.addEventListener("keydown", function (e) {
+      if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); self.send(); }
+    });
+    this.humanBtn.addEventListener("click", function () { self.askHuman(); });
+
+    var greeting = script.getAttribute("data-greeting");
+    if (greeting) this.addNote(greeting, "agent");
+    this.restore();
+    if (this.state.open || script.getAttribute("data-open") === "true") this.toggle(true);
+  };
+
+  SupportbotChat.prototype.toggle = function (open) {
+    if (open === undefined) open = this.panel.hidden;
+    this.panel.hidden = !open;
+    this.panel.classList.toggle("open", open);
+    this.bubble.setAttribute("aria-expanded", String(open));
+    this.state.open = open; save(this.state);
+    if (open) { this.input.focus(); this.scroll(); } else this.bubble.focus();
+  };
+
+  SupportbotChat.prototype.scroll = function () { this.log.scrollTop = this.log.scrollHeight; };
+
+  /* -- HTTP ------------------------------------------------------------------------------- */
+  SupportbotChat.prototype.session = function () {
+    var self = this;
+    return fetch(API + "/api/session", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ site_key: SITE_KEY, visitor_token: this.state.token || null })
+    }).then(function (r) { return self.checked(r); }).then(function (r) { return r.json(); }).then(function (data) {
+      if (self.state.token && !data.renewed) self.state.conversation = null; // a new visitor
+      self.state.token = data.visitor_token; save(self.state);
+      return data;
+    });
+  };
+
+  SupportbotChat.prototype.checked = function (r) {
+    if (r.ok) return r;
+    return r.json().catch(function () { return {}; }).then(function (body) {
+      var msg = (body && body.error && body.error.message) || ("HTTP " + r.status);
+      throw new ApiError(r.status, msg, r.headers.get("Retry-After"));
+    });
+  };
+
+  /* fetch with the visitor token; a 401 (expired token) renews it once and retries. */
+  SupportbotChat.prototype.call = function (path, options, retried) {
+    var self = this;
+    var ready = this.state.token ? Promise.resolve() : this.session();
+    return ready.then(function () {
+      var opts = Object.assign({}, options || {});
+      opts.headers = Object.assign({ "Authorization": "Bearer " + self.state.token }, opts.headers || {});
+      return fetch(API + path, opts);
+    }).then(function (r) {
+      if (r.status === 401 && !retried) {
+        return self.session().then(function () { return self.call(path, options, true); });
+      }
+      return self.checked(r);
+    });
+  };
+
+  SupportbotChat.prototype.conversation = function () {
+    var self = this;
+    if (this.state.conversation) return Promise.resolve(this.state.conversation);
+    return this.call("/api/conversations", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ page: location.href.slice(0, 500) })
+    }).then(function (r) { return r.json(); }).then(function (c) {
+      self.state.conversation = c.id; save(self.state); return c.id;
+    });
+  };
+
+  /* -- history after a reload -------------------------------------------------------------- */
+  SupportbotChat.prototype.restore = function () {
+    var self = this;
+    if (!this.state.token) return;
+    this.session().then(function () {
+      if (!self.state.conversation) return;
+      return self.call("/api/conversations/" + encodeURIComponent(self.state.conversation)).then(function (r) { return r.json(); }).then(function (conv) {
+        conv.messages.forEach(function (m) {
+          if (m.role === "user") { self.addUser(m.text); return; }
+          var view = self.addAgent(m.id);
+          if (m.decision === "handoff") { self.addNote(m.text, "note"); view.node.remove(); return; }
+          view.text = m.text; renderMarkdown(view.body, m.text);
+          view.setSources(m.sources);
+          if (m.complete) view.finish(m.feedback);
+          else self.resume(view, m.id + ":" + m.text.length);
+        });
+        self.scroll();
+      });
+    }).catch(function (e) {
+      if (e && e.status === 404) { self.state.conversation = null; save(self.state); }
+    });
+  };
+
+  /* -- messages ---------------------------------------------------------------------------- */
+  SupportbotChat.prototype.addUser = function (text) {
+    var node = el("div", { "class": "msg user" }, text);
+    this.log.appendChild(node); this.scroll();
+  };
+
+  SupportbotChat.prototype.addNote = function (text, kind) {
+    var node = el("div", { "class": "msg " + (kind || "note") });
+    renderMarkdown(node, text);
+    this.log.appendChild(node); this.scroll();
+    return node;
+  };
+
+  SupportbotChat.prototype.addAgent = function (messageId) {
+    var self = this;
+    var node = el("div", { "class": "msg agent" });
+    var body = el("div", { "class": "body typing" });
+    node.appendChild(body);
+    this.log.appendChild(node);
+    var view = {
+      node: node, body: body, text: "", id: messageId,
+      append: function (piece) { view.text += piece; renderMarkdown(body, view.text); body.classList.add("typing"); self.scroll(); },
+      setSources: function (sources) {
+        if (!sources || !sources.length) return;
+        var old = node.querySelector(".sources"); if (old) old.remove();
+        var list = el("ul", { "class": "sources", "aria-label": "Sources" });
+        sources.forEach(function (s) {
+          var li = el("li"), href = safeUrl(s.url || "");
+          var label = "[" + s.n + "] " + (s.title || s.doc_id || "source");
+          li.appendChild(href ? el("a", { href: href, target: "_blank", rel: "noopener noreferrer" }, label) : el("span", null, label));
+          list.appendChild(li);
+        });
+        node.appendChild(list); self.scroll();
+      },
+      finish: function (feedback) {
+        body.classList.remove("typing");
+        if (view.id != null && !node.querySelector(".rate")) self.addRating(view, feedback);
+      }
+    };
+    return view;
+  };
+
+  SupportbotChat.prototype.addRating = function (view, feedback) {
+    var self = this, row = el("div", { "class": "rate" });
+    row.appendChild(el("span", null, "Was this helpful?"));
+    var up = el("button", { type: "button", "aria-label": "Helpful", "aria-pressed": "false" }, "\ud83d\udc4d");
+    var down = el("button", { type: "button", "aria-label": "Not helpful", "aria-pressed": "false" }, "\ud83d\udc4e");
+    function mark(rating) {
+      up.setAttribute("aria-pressed", String(rating > 0)); down.setAttribute("aria-pressed", String(rating < 0));
+    }
+    if (feedback) mark(feedback.rating);
+    function rate(rating, comment) {
+      mark(rating);
+      return self.call("/api/conversations/" + encodeURIComponent(self.state.conversation) + "/feedback", {
+        method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ message_id: view.id, rating: rating, comment: comment || "" })
+      }).catch(function (e) { self.addNote(e.message || "Could not send feedback.", "error"); });
+    }
+    up.addEventListener("click", function () { rate(1); });
+    down.addEventListener("click", function () {
+      rate(-1);
+      if (view.node.querySelector(".comment")) return;
+      var box = el("form", { "class": "comment" });
+      var input = el("input", { type: "text", "aria-label": "What was wrong? (optional)", placeholder: "What was wrong? (optional)", maxlength: "2000" });
+      var ok = el("button", { type: "submit" }, "Send");
+      box.appendChild(input); box.appendChild(ok);
+      box.addEventListener("submit", function (e) {
+        e.preventDefault();
+        rate(-1, input.value).then(function () { box.replaceWith(el("span", { "class": "rate" }, "Thanks for telling us.")); });
+      });
+      view.node.appendChild(box); input.focus();
+    });
+    row.appendChild(up); row.appendChild(down);
+    view.node.appendChild(row);
+  };
+
+  SupportbotChat.prototype.setBusy = function (busy) {
+    this.busy = busy; this.sendBtn.disabled = busy;
+    this.log.setAttribute("aria-busy", String(busy));
+  };
+
+  /* Streams one answer; on a dropped connection resumes it with Last-Event-ID (up to 3 times). */
+  SupportbotChat.prototype.stream = function (view, request, attempt) {
+    var self = this, lastId = null, ended = false;
+    return request().then(function (r) {
+      return readEvents(r, function (type, data, id) {
+        if (id) lastId = id;
+        if (type === "meta") { view.id = data.message_id; }
+        else if (type === "token") view.append(data.text);
+        else if (type === "sources") view.setSources(data.sources);
+        else if (type === "handoff") { view.node.remove(); self.addNote(data.message, "note"); }
+        else if (type === "error") { ended = true; view.finish(); self.addNote(data.message, "error"); }
+        else if (type === "done") { ended = true; view.finish(); }
+      });
+    }).then(function () {
+      if (!ended) throw new Error("stream ended early");
+    }).catch(function (e) {
+      if (e instanceof ApiError) throw e;
+      if (lastId && (attempt || 0) < 3) {
+        return new Promise(function (ok) { setTimeout(ok, 500 * ((attempt || 0) + 1)); }).then(function () {
+          return self.resume(view, lastId, (attempt || 0) + 1);
+        });
+      }
+      throw e;
+    });
+  };
+
+  SupportbotChat.prototype.resume = function (view, lastEventId, attempt) {
+    var self = this;
+    return this.stream(view, function () {
+      return self.call("/api/conversations/" + encodeURIComponent(self.state.conversation) + "/events",
+        { headers: { "Last-Event-ID": lastEventId } });
+    }, attempt || 0);
+  };
+
+  SupportbotChat.prototype.send = function () {
+    var self = this, text = this.input.value.trim();
+    if (!text || this.busy) return;
+    this.input.value = "";
+    this.addUser(text);
+    this.setBusy(true);
+    var view = null;
+    this.conversation().then(function (cid) {
+      view = self.addAgent(null);
+      return self.stream(view, function () {
+        return self.call("/api/conversations/" + encodeURIComponent(cid) + "/messages", {
+          method: "POST", headers: { "Content-Type": "application/json", "Accept": "text/event-stream" },
+          body: JSON.stringify({ message: text })
+        });
+      });
+    }).catch(function (e) {
+      if (view && !view.text) view.node.remove();
+      var msg = (e && e.message) || "Something went wrong.";
+      if (e && e.status === 429) msg = "You are sending messages too fast. Please wait " + (e.retryAfter || "a few") + " seconds.";
+      if (e && e.status === 404) { self.state.conversation = null; save(self.state); }
+      self.addNote(msg, "error");
+    }).then(function () { self.setBusy(false); self.input.focus(); });
+  };
+
+  SupportbotChat.prototype.askHuman = function () {
+    var self = this;
+    this.humanBtn.disabled = true;
+    this.conversation().then(function (cid) {
+      return self.call("/api/conversations/" + encodeURIComponent(cid) + "/handoff", {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ reason: "requested" })
+      });
+    }).then(function (r) { return r.json(); }).then(function (data) {
+      self.addNote(data.message, "note");
+    }).catch(function (e) {
+      self.addNote((e && e.message) || "Could not reach a person right now.", "error");
+    }).then(function () { self.humanBtn.disabled = false; });
+  };
+
+  customElements.define("supportbot-chat", SupportbotChat);
+  function mount() { document.body.appendChild(document.createElement("supportbot-chat")); }
+  if (document.body) mount(); else document.addEventListener("DOMContentLoaded", mount);
+})();
