@@ -1,0 +1,210 @@
+"""``supportbot eval``: the whole bot on dialogues in the ``../shared/data`` formats.
+
+For every instance (a conversation up to a user turn) the bot retrieves with the conversation,
+decides answer / clarify / hand off, selects the passages it grounds the answer in and (unless
+generation is off) generates the reply it would send. Scored as the DSTC11 Track 5 scorer does:
+
+* selection precision / recall / F1: true/false positives and false negatives of the selected
+  document ids against the gold ids, summed over the knowledge-seeking (``target``) instances
+  (micro-averaged). A turn the bot does not answer selects nothing (all its gold ids are misses).
+* recall@5 and MRR of the retriever's ranking (document ids, first occurrence) on target turns.
+* BLEU: sacrebleu's corpus BLEU / 100; ROUGE-1/2/L: rouge-score F-measure with stemming, averaged
+  over target instances; the reply scored is the one the bot sends (a refusal if it hands off).
+* decision: on target turns the bot should answer; on non-target turns and on out-of-scope
+  questions (``bot/out_of_scope.json``) it should not.
+* ttft_ms_p50 and tokens_per_s (completion tokens over decode time) of the generator.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from bot.errors import SupportbotError
+from bot.policy import ANSWER, HANDOFF
+
+OUT_OF_SCOPE = Path(__file__).with_name("out_of_scope.json")
+
+
+@dataclass
+class Record:
+    """What the bot did on one instance (or one out-of-scope question)."""
+
+    id: str
+    target: bool
+    gold: list[str]
+    ranked: list[str]  # retrieved document ids, best first, deduplicated
+    selected: list[str]  # document ids the reply is grounded in (empty unless it answered)
+    decision: str
+    confidence: float
+    reply: str | None = None
+    gold_response: str = ""
+    ttft_ms: float | None = None
+    completion_tokens: int = 0
+    decode_s: float = 0.0
+    out_of_scope: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load_dialogues(path: Path, limit: int | None = None) -> list[dict]:
+    """Instances from a ``dialogues_*.jsonl`` file; a malformed line is an error naming it."""
+    rows: list[dict] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                turns = row["turns"]
+                if not turns or turns[-1]["role"] != "user" or not isinstance(turns[-1]["text"], str):
+                    raise ValueError("the last turn must be the user's")
+                row.setdefault("id", f"{path.name}:{lineno}")
+                row["target"] = bool(row.get("target", False))
+                row["gold_doc_ids"] = list(row.get("gold_doc_ids") or [])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise SupportbotError(f"{path}:{lineno}: not a dialogue instance ({exc})") from exc
+            rows.append(row)
+            if limit is not None and len(rows) >= limit:
+                break
+    if not rows:
+        raise SupportbotError(f"{path}: no dialogue instances")
+    return rows
+
+
+def out_of_scope_questions(path: Path | None = None) -> list[str]:
+    data = json.loads(Path(path or OUT_OF_SCOPE).read_text(encoding="utf-8"))
+    return list(data["questions"] if isinstance(data, dict) else data)
+
+
+def selection_counts(gold: Sequence[str], pred: Sequence[str]) -> tuple[int, int, int]:
+    """(tp, fp, fn) of one instance; duplicate predictions count once, as in the DSTC11 scorer."""
+    pred_set, gold_set = list(dict.fromkeys(pred)), set(gold)
+    tp = sum(1 for p in pred_set if p in gold_set)
+    return tp, len(pred_set) - tp, len(gold_set) - tp
+
+
+def _prf(tp: float, fp: float, fn: float) -> tuple[float, float, float]:
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+
+
+def reply_scores(preds: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
+    """Corpus BLEU / 100 (sacrebleu) and mean ROUGE-1/2/L F-measure with stemming (rouge-score)."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    if not preds:
+        return {"bleu": None, "rouge1": None, "rouge2": None, "rougeL": None}
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    sums = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    for pred, ref in zip(preds, refs):
+        s = scorer.score(ref, pred)
+        for key in sums:
+            sums[key] += s[key].fmeasure
+    out = {k: v / len(preds) for k, v in sums.items()}
+    out["bleu"] = sacrebleu.corpus_bleu(list(preds), [list(refs)]).score / 100.0
+    return out
+
+
+def summarize(records: Iterable[Record]) -> dict[str, Any]:
+    """The report's figures from per-instance records (see the module docstring)."""
+    records = list(records)
+    dialog = [r for r in records if not r.out_of_scope]
+    targets = [r for r in dialog if r.target]
+    non_targets = [r for r in dialog if not r.target]
+    oos = [r for r in records if r.out_of_scope]
+
+    tp = fp = fn = 0
+    exact = 0
+    hits5 = 0
+    rr = 0.0
+    for r in targets:
+        a, b, c = selection_counts(r.gold, r.selected)
+        tp, fp, fn = tp + a, fp + b, fn + c
+        exact += int(b == 0 and c == 0)
+        gold = set(r.gold)
+        hits5 += int(any(d in gold for d in r.ranked[:5]))
+        rank = next((i for i, d in enumerate(r.ranked, start=1) if d in gold), None)
+        rr += 1.0 / rank if rank else 0.0
+    p, rcl, f1 = _prf(tp, fp, fn)
+    n = len(targets)
+
+    out: dict[str, Any] = {
+        "n": n,
+        "n_instances": len(dialog),
+        "selection_precision": p,
+        "selection_recall": rcl,
+        "selection_f1": f1,
+        "selection_exact_match": exact / n if n else 0.0,
+        "recall@5": hits5 / n if n else 0.0,
+        "mrr": rr / n if n else 0.0,
+    }
+    replied = [r for r in targets if r.reply is not None]
+    out.update(reply_scores([r.reply for r in replied], [r.gold_response for r in replied]))
+    out["n_generated"] = len(replied)
+
+    # Decisions: answer on target turns; anything but an answer elsewhere.
+    correct = sum(r.decision == ANSWER for r in targets) + sum(r.decision != ANSWER for r in non_targets)
+    out["decision_accuracy"] = correct / len(dialog) if dialog else 0.0
+    out["target_answer_rate"] = sum(r.decision == ANSWER for r in targets) / n if n else 0.0
+    out["non_target_no_answer_rate"] = (
+        sum(r.decision != ANSWER for r in non_targets) / len(non_targets) if non_targets else None
+    )
+    out["out_of_scope_n"] = len(oos)
+    out["out_of_scope_no_answer_rate"] = (
+        sum(r.decision != ANSWER for r in oos) / len(oos) if oos else None
+    )
+    out["out_of_scope_handoff_rate"] = sum(r.decision == HANDOFF for r in oos) / len(oos) if oos else None
+
+    ttfts = [r.ttft_ms for r in records if r.ttft_ms is not None]
+    out["ttft_ms_p50"] = statistics.median(ttfts) if ttfts else None
+    tokens = sum(r.completion_tokens for r in records)
+    decode = sum(r.decode_s for r in records)
+    out["tokens_per_s"] = tokens / decode if decode > 0 else None
+    return out
+
+
+def run_turn(dialogue, turns: Sequence[dict], generate: bool, max_candidates: int | None = None) -> Record:
+    """Run the bot's retrieval, policy and (optionally) generation on one conversation prefix.
+
+    ``dialogue`` is a ``DialogueManager``; ``turns`` ends with the user's message. Nothing is stored.
+    """
+    message = turns[-1]["text"]
+    history = [{"role": t["role"], "text": t["text"]} for t in turns[:-1]]
+    history = history[-dialogue.settings.context_turns:] if dialogue.settings.context_turns else []
+    hits = dialogue.retrieve(message, history)
+    decision, selected = dialogue.plan(message, hits)
+    ranked = list(dict.fromkeys(h.doc_id for h in hits))
+    rec = Record(
+        id="", target=False, gold=[], ranked=ranked[: max_candidates or len(ranked)],
+        selected=[h.doc_id for h in selected], decision=decision.action,
+        confidence=decision.confidence,
+    )
+    if not generate:
+        return rec
+    if decision.action != ANSWER:
+        rec.reply = (dialogue.clarify_text(hits)[0] if decision.action == "clarify"
+                     else dialogue.settings.handoff_message)
+        return rec
+    messages = dialogue.prompt(message, selected, history)
+    pieces: list[str] = []
+    t0 = time.perf_counter()
+    t_first = None
+    for piece in dialogue.generator.stream(messages):
+        if piece and t_first is None:
+            t_first = time.perf_counter()
+        pieces.append(piece)
+    t_end = time.perf_counter()
+    rec.reply = "".join(pieces).strip()
+    if t_first is not None:
+        rec.ttft_ms = (t_first - t0) * 1000.0
+        count = getattr(dialogue.generator, "count_tokens", None)
+        rec.completion_tokens = int(count(rec.reply)) if count else len(pieces)
+        # Decode speed excludes the first token (prefill), as bench/generate.py measures it.
+        rec.completion_tokens = max(0, rec.completion_tokens - 1)
+        rec.decode_s = t_end - t_first
+    return rec
