@@ -79,12 +79,7 @@ def create_app(
     for bp in (chat_api.bp, openai_api.bp, widget.bp, auth.bp, admin.bp):
         app.register_blueprint(bp)
 
-    limiter = limits.init_app(app, ws)
-    limits.limit_blueprint(limiter, chat_api.bp, ws.rate_limit_ip)
-    limits.limit_blueprint(limiter, openai_api.bp, ws.rate_limit_ip)
-    limits.limit_view(app, limiter, "chat.post_message", ws.rate_limit_visitor,
-                      key_func=limits.visitor_key, methods=["POST"])
-    limits.limit_view(app, limiter, "auth.login", ws.rate_limit_login, methods=["POST"])
+    limiter = limits.init_app(app, ws, [chat_api.bp, openai_api.bp], "chat.post_message", "auth.login")
     app.extensions["supportbot_limiter"] = limiter
 
     errors.init_app(app)

@@ -1,12 +1,16 @@
 """Rate limits (Flask-Limiter): per client IP on every API call, per visitor on messages.
 
-Breaches answer 429 with ``Retry-After`` and a JSON error. Counters live in
-``web.rate_limit_storage``: ``memory://`` counts per process, so with several gunicorn workers
-point it at a shared store (``redis://host:6379``) for exact limits.
+The per-IP limit is one budget shared by all routes of the API blueprints; the per-visitor limit
+counts the messages a visitor posts (keyed by the visitor id inside the token, so it holds across
+IP changes and does not punish many visitors behind one NAT). Login attempts have their own per-IP
+limit. Breaches answer 429 with ``Retry-After`` and a JSON error.
+
+Counters live in ``web.rate_limit_storage``: ``memory://`` counts per process, so with several
+gunicorn workers point it at a shared store (``redis://host:6379``) for exact limits.
 """
 from __future__ import annotations
 
-from flask import Flask, current_app, request
+from flask import Blueprint, Flask, current_app, request
 from flask_limiter import Limiter
 
 from bot.settings import WebSettings
@@ -27,27 +31,22 @@ def visitor_key() -> str:
         return "ip:" + client_ip()
 
 
-def init_app(app: Flask, settings: WebSettings) -> Limiter:
+def init_app(app: Flask, settings: WebSettings, api: list[Blueprint], message_endpoint: str,
+             login_endpoint: str) -> Limiter:
+    """Attach the limits. Call after the blueprints are registered."""
     limiter = Limiter(
-        key_func=client_ip,
-        app=app,
-        storage_uri=settings.rate_limit_storage,
-        headers_enabled=True,
-        strategy="moving-window",
+        key_func=client_ip, app=app, storage_uri=settings.rate_limit_storage,
+        headers_enabled=True, strategy="moving-window",
     )
+    per_ip = limiter.shared_limit(settings.rate_limit_ip, scope="api-ip", key_func=client_ip)
+    for bp in api:
+        per_ip(bp)
+    # A route with its own limits no longer gets its blueprint's: it gets the per-IP one again.
+    view = app.view_functions[message_endpoint]
+    view = limiter.limit(settings.rate_limit_visitor, key_func=visitor_key, methods=["POST"],
+                         scope="visitor")(view)
+    app.view_functions[message_endpoint] = per_ip(view)
+    app.view_functions[login_endpoint] = limiter.limit(
+        settings.rate_limit_login, key_func=client_ip, methods=["POST"]
+    )(app.view_functions[login_endpoint])
     return limiter
-
-
-def limit_blueprint(limiter: Limiter, blueprint, rate: str) -> None:
-    """Every route of ``blueprint`` counts against ``rate`` per client IP."""
-    limiter.limit(rate, key_func=client_ip)(blueprint)
-
-
-def limit_view(app: Flask, limiter: Limiter, endpoint: str, rate: str, key_func=client_ip,
-               methods: list[str] | None = None) -> None:
-    """Wrap a registered view with an extra limit (kept alongside its blueprint's limit)."""
-    view = app.view_functions[endpoint]
-    app.view_functions[endpoint] = limiter.limit(
-        rate, key_func=key_func, methods=methods, override_defaults=False,
-        scope=endpoint + ":" + ("visitor" if key_func is visitor_key else "ip"),
-    )(view)

@@ -1,0 +1,161 @@
+"""Fixtures for the web tests: the real app over real tiny components.
+
+The components are the product's own (``bot.components.Components``: SQLite in a temp dir, the
+hashing embedder, the real knowledge base, retriever and dialogue manager); only the generator is
+a scripted one, which streams an extract of the first source it was given, word by word, so
+answers are grounded and fast. Import the fixtures into a test module with
+``from web_fixtures import *``.
+"""
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bot.events import Event
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_FAQ = REPO / "samples" / "faq"
+ORIGIN = "https://shop.example"
+
+
+class ScriptedGenerator:
+    """A real Generator (``stream(messages)``) that needs no model: it quotes source [1]."""
+
+    model_id = "scripted"
+    tokenizer = None
+
+    def __init__(self, words: int = 12, delay_s: float = 0.0, gate: threading.Event | None = None):
+        self.words = words
+        self.delay_s = delay_s
+        self.gate = gate  # when set, generation waits for it after the first token
+        self.last_usage = None
+
+    def load(self) -> "ScriptedGenerator":
+        return self
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def stream(self, messages, **params):
+        system = messages[0]["content"] if messages else ""
+        found = re.search(r"\[1\][^:\n]*:\s*(.+)", system, re.S)
+        source = found.group(1) if found else "I do not know."
+        words = source.split()[: self.words]
+        for i, word in enumerate(words):
+            if i == 1 and self.gate is not None:
+                self.gate.wait(10)
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            yield ("" if i == 0 else " ") + word
+        yield " [1]"
+
+
+def make_settings(tmp_path: Path, **web):
+    from bot.settings import Settings
+
+    web = {"rate_limit_ip": "10000 per minute", "rate_limit_visitor": "1000 per minute",
+           "heartbeat_s": 5.0, **web}
+    return Settings(
+        data_dir=tmp_path / "var",
+        embedder={"model": "hashing"},
+        generator={"backend": "extractive"},
+        dialogue={"answer_threshold": 0.0, "clarify_threshold": 0.0},
+        web=web,
+    )
+
+
+def make_components(settings, generator=None, ingest: bool = True):
+    from bot.components import Components
+
+    comps = Components(settings, generator=generator or ScriptedGenerator())
+    if ingest:
+        comps.knowledge.ingest(settings.default_bot, [SAMPLE_FAQ])
+    return comps
+
+
+class Visitor:
+    """A browser-like API client: one visitor on ``origin`` with a site key."""
+
+    def __init__(self, client, site_key: str, origin: str = ORIGIN):
+        self.client = client
+        self.site_key = site_key
+        self.origin = origin
+        self.token = None
+        self.conversation = None
+
+    def headers(self, **extra) -> dict:
+        h = {"Origin": self.origin}
+        if self.token:
+            h["Authorization"] = f"Bearer {self.token}"
+        h.update(extra)
+        return h
+
+    def start(self) -> "Visitor":
+        r = self.client.post("/api/session", json={"site_key": self.site_key}, headers=self.headers())
+        assert r.status_code == 200, r.get_data(as_text=True)
+        self.token = r.json["visitor_token"]
+        r = self.client.post("/api/conversations", json={}, headers=self.headers())
+        assert r.status_code == 201, r.get_data(as_text=True)
+        self.conversation = r.json["id"]
+        return self
+
+    def ask(self, message: str, **headers):
+        """Post a message and read the whole stream (the answer is complete on return)."""
+        r = self.client.post(f"/api/conversations/{self.conversation}/messages",
+                             json={"message": message}, headers=self.headers(**headers))
+        r.get_data()
+        return r
+
+
+def events_of(response) -> list[tuple[str | None, str, dict]]:
+    import json
+
+    from web.sse import parse
+
+    return [(i, t, json.loads(d)) for i, t, d in parse(response.get_data(as_text=True))]
+
+
+@pytest.fixture
+def web_settings(tmp_path):
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def components(web_settings):
+    comps = make_components(web_settings)
+    yield comps
+    comps.db.dispose()
+
+
+@pytest.fixture
+def app(web_settings, components):
+    from web import create_app
+
+    app = create_app(web_settings, components)
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def site_key(app):
+    return app.extensions["supportbot"].site_keys.create("default", [ORIGIN]).key
+
+
+@pytest.fixture
+def visitor(client, site_key):
+    return Visitor(client, site_key).start()
+
+
+__all__ = [
+    "ScriptedGenerator", "Visitor", "events_of", "make_settings", "make_components", "ORIGIN",
+    "SAMPLE_FAQ", "Event", "web_settings", "components", "app", "client", "site_key", "visitor",
+]

@@ -1,0 +1,62 @@
+"""``supportbot serve --demo``: make a fresh install show something at once.
+
+Ingests the bundled sample FAQ (a fictional outdoor-gear shop) when the bot has no documents yet,
+and finds or creates a site key whose allowed origins are the demo server's own addresses, so the
+demo page at ``/demo`` can use the widget.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from bot.errors import ConfigError
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "faq"
+
+
+def demo_origins(host: str, port: int, public_url: str | None = None) -> list[str]:
+    """The origins a browser uses to reach this server: loopback names, the bound host, a public URL."""
+    origins = [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
+    if host not in ("0.0.0.0", "::", "127.0.0.1", "localhost", ""):
+        origins.append(f"http://{host}:{port}")
+    if public_url:
+        origins.append(public_url)
+    return origins
+
+
+def prepare_demo(components, bot: str, origins: list[str], samples: Path = SAMPLES) -> dict:
+    """Ingest the samples if the bot's knowledge base is empty; return ``{site_key, ingested}``."""
+    from web.keys import SiteKeys, normalize_origin
+
+    ingested = 0
+    kb = components.knowledge
+    if kb.count(bot) == 0:
+        if not samples.is_dir():
+            raise ConfigError(f"the sample FAQ folder {samples} is missing; ingest your own documents")
+        report = kb.ingest(bot, [samples], progress=True)
+        ingested = len(report.added) + len(report.replaced)
+    keys = SiteKeys(components.db)
+    wanted = {normalize_origin(o) for o in origins}
+    for key in keys.list(bot):
+        if key.active and wanted <= set(key.origins):
+            return {"site_key": key.key, "ingested": ingested}
+    return {"site_key": keys.create(bot, sorted(wanted)).key, "ingested": ingested}
+
+
+def prepare_demo_in_subprocess(settings, bot: str, origins: list[str]) -> dict:
+    """Run ``prepare_demo`` in a spawned process, so the server process that later forks
+    workers has not started torch thread pools (forking after that can hang the children)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_prepare, settings, bot, origins).result()
+
+
+def _prepare(settings, bot: str, origins: list[str]) -> dict:
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from bot.components import Components
+
+    return prepare_demo(Components(settings), bot, origins)

@@ -1,0 +1,59 @@
+"""``supportbot serve``: the app under gunicorn, configured from the settings.
+
+Why gthread by default: see bench/web_load.py and the README. Both worker classes hold the
+measured number of concurrent streams; gthread also keeps streaming while a local (CPU-bound)
+model generates in another thread, whereas under gevent a generating greenlet would block every
+other stream of its worker. gevent fits the ``openai`` backend (generation happens elsewhere).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from gunicorn.app.base import BaseApplication
+
+from bot.settings import WebSettings
+
+WORKER_CLASSES = ("gthread", "gevent")
+
+
+class Server(BaseApplication):
+    """gunicorn running ``factory()`` in each worker (built after the fork, never in the master)."""
+
+    def __init__(self, factory: Callable[[], Any], options: dict[str, Any]):
+        self.factory = factory
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            if key in self.cfg.settings and value is not None:
+                self.cfg.set(key, value)
+
+    def load(self):
+        return self.factory()
+
+
+def gunicorn_options(ws: WebSettings, access_log: bool = False) -> dict[str, Any]:
+    if ws.worker_class not in WORKER_CLASSES:
+        raise ValueError(f"web.worker_class must be one of {WORKER_CLASSES}, got {ws.worker_class!r}")
+    options: dict[str, Any] = {
+        "bind": f"{ws.host}:{ws.port}",
+        "workers": ws.workers,
+        "worker_class": ws.worker_class,
+        # gthread: one thread per open stream; gevent: one greenlet per connection.
+        "threads": ws.threads,
+        "worker_connections": max(1000, ws.threads * 2),
+        # Streams last long; a worker is restarted only when it stops answering the master.
+        "timeout": 120,
+        "graceful_timeout": 30,
+        "keepalive": 75,
+        "backlog": 2048,
+        "accesslog": "-" if access_log else None,
+        "errorlog": "-",
+        "loglevel": "info",
+    }
+    return options
+
+
+def run(factory: Callable[[], Any], options: dict[str, Any]) -> None:
+    Server(factory, options).run()
