@@ -10,7 +10,15 @@ from pathlib import Path
 
 from bot.errors import ConfigError
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "faq"
+
+
+def _samples_dir() -> Path:
+    """samples/faq beside the package (a checkout), else in the working directory (the image)."""
+    beside = Path(__file__).resolve().parent.parent / "samples" / "faq"
+    return beside if beside.is_dir() else Path.cwd() / "samples" / "faq"
+
+
+SAMPLES = _samples_dir()
 
 
 def demo_origins(host: str, port: int, public_url: str | None = None) -> list[str]:
