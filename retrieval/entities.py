@@ -37,7 +37,7 @@ GENERIC = ENGLISH_STOP_WORDS | frozenset(
     chinese indian italian thai french british european asian japanese korean mexican spanish
     portuguese lebanese turkish vietnamese international modern gastropub fusion noodle noodles
     pizza curry tandoori coffee wine express garden golden royal little new old one two three
-    home hut star good best great lucky free cheap moderate expensive road street""".split()
+    home star good best great lucky free cheap moderate expensive road street""".split()
 )
 
 FULL, CORE, PART, TYPO = 1.0, 0.9, 0.6, 0.5  # mention strengths
@@ -148,8 +148,8 @@ class EntityMatcher:
                 continue
             put(gram, owners, CORE)
         for gram, owners in grams.items():
-            if gram[0] in GENERIC or gram[-1] in GENERIC:
-                continue  # "hut city", "the golden": a part starts and ends with a distinctive word
+            if gram[0] in GENERIC and gram[-1] in GENERIC:
+                continue  # "city centre", "the golden curry house": no distinctive word at an end
             if len(gram) == 1 and common(gram[0], owners):
                 continue
             put(gram, owners, PART)
