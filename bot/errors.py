@@ -62,3 +62,10 @@ class GeneratorError(SupportbotError):
     """The generator backend failed (model missing, server unreachable, ...)."""
 
     status = 502
+
+
+class IndexCorrupt(SupportbotError):
+    """Saved index files cannot be used (missing, truncated, another format version or embedder).
+    The knowledge base rebuilds the index from the database when it sees this."""
+
+    status = 500

@@ -32,11 +32,19 @@ class EmbedderSettings(BaseModel):
 
 
 class IndexSettings(BaseModel):
-    # Below this many vectors the index is exact (flat inner product); above, approximate (HNSW).
+    # Up to this many vectors the index is exact (flat inner product); above, approximate (IVF-Flat).
+    # hnsw_* are used only by the comparison in bench/index_scale.py --compare-hnsw.
     exact_max: int = 50_000
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
     hnsw_ef_search: int = 96
+    # Approximate index above exact_max: IVF-Flat (chosen over HNSW in bench/index_scale.py).
+    ivf_nlist: int = 0  # 0: about 4*sqrt(n) lists, at least 39 training vectors each
+    ivf_nprobe: int = 16
+    ivf_train_max: int = 262_144  # k-means sample size
+    ivf_retrain_growth: float = 4.0  # retrain when the index grew this many times past its training size
+    # OpenMP threads for searches of < 20 queries (serving, batch 1); 0 keeps FAISS's default.
+    search_threads: int = 1
     # How often (seconds) a serving process checks for a newer index version.
     reload_interval_s: float = 1.0
 

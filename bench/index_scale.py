@@ -1,0 +1,255 @@
+"""Scale benchmark of the dense index: FaissIndex (IVF-Flat past exact_max) against exact search.
+
+Data: synthetic 384-d L2-normalised vectors drawn from a two-level Gaussian mixture (topics, and
+sub-topics around them, then points around those), which gives the clustered structure real
+sentence embeddings have; queries are fresh draws from the same mixture, not indexed vectors.
+Prints one JSON object: build time, batch-1 search p50/p95 (k=10), recall@10 against exact search
+(``faiss.IndexFlatIP`` in the same process), exact search p50 and the speed-up ratio, index bytes
+and the RSS the build took.
+
+    nice python bench/index_scale.py --n 1000000 --uniform-n 100000
+    nice python bench/index_scale.py --n 20000                  # quick
+    nice python bench/index_scale.py --n 100000 --compare-hnsw  # the IVF vs HNSW measurement
+    nice python bench/index_scale.py --n 0 --sweep 10000,50000,100000  # picks exact_max
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import faiss  # noqa: E402
+
+from bot.settings import IndexSettings  # noqa: E402
+from retrieval.faiss_index import FaissIndex  # noqa: E402
+
+MACHINE = "2-core CPU, shared with other jobs: absolute times are noisy, compare ratios"
+
+
+def unit(a: np.ndarray) -> np.ndarray:
+    return (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)
+
+
+class Mixture:
+    """Two-level Gaussian mixture on the unit sphere: topic -> sub-topic -> point."""
+
+    def __init__(self, n: int, dim: int, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.dim = dim
+        self.topics = max(20, n // 10_000)
+        self.subtopics = max(100, n // 500)
+        self.sub_spread, self.point_spread = 0.9, 1.1  # noise norm relative to a unit centre
+        t = unit(self.rng.standard_normal((self.topics, dim)))
+        parent = self.rng.integers(0, self.topics, self.subtopics)
+        self.centres = unit(t[parent] + self.sub_spread * unit(self.rng.standard_normal((self.subtopics, dim))))
+
+    def describe(self) -> str:
+        return (
+            f"two-level Gaussian mixture: {self.topics} topics, {self.subtopics} sub-topics "
+            f"(noise norm {self.sub_spread} around topics), points with noise norm {self.point_spread} "
+            f"around sub-topics, L2-normalised; queries are fresh draws from the same mixture"
+        )
+
+    def draw(self, m: int, chunk: int = 100_000) -> np.ndarray:
+        out = np.empty((m, self.dim), dtype=np.float32)
+        for s in range(0, m, chunk):
+            e = min(m, s + chunk)
+            lab = self.rng.integers(0, self.subtopics, e - s)
+            noise = unit(self.rng.standard_normal((e - s, self.dim)).astype(np.float32))
+            out[s:e] = unit(self.centres[lab] + self.point_spread * noise)
+        return out
+
+
+def uniform(m: int, dim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return unit(rng.standard_normal((m, dim)).astype(np.float32))
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def timed_search(search, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Batch-1 searches; returns (latencies in ms, ids (nq, k))."""
+    lat, out = [], []
+    for i in range(len(queries)):
+        t = time.perf_counter()
+        _, ids = search(queries[i : i + 1], k)
+        lat.append((time.perf_counter() - t) * 1e3)
+        out.append(ids[0])
+    return np.asarray(lat), np.asarray(out)
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
+    k = truth.shape[1]
+    return float(np.mean([len(set(f[:k]) & set(t)) / k for f, t in zip(found, truth)]))
+
+
+def pct(lat: np.ndarray, p: float) -> float:
+    return round(float(np.percentile(lat, p)), 3)
+
+
+def exact_truth(xb: np.ndarray, xq: np.ndarray, k: int) -> tuple[faiss.Index, np.ndarray]:
+    flat = faiss.IndexFlatIP(xb.shape[1])
+    flat.add(xb)
+    _, gt = flat.search(xq, k)  # batched: BLAS, fast; latency is measured separately at batch 1
+    return flat, gt
+
+
+def run_faiss_index(xb, xq, gt, settings: IndexSettings, k: int) -> dict:
+    """Build FaissIndex over xb (ids 0..n-1) and measure it."""
+    gc.collect()
+    rss0 = rss_mb()
+    t = time.perf_counter()
+    index = FaissIndex(xb.shape[1], settings)
+    index.add(np.arange(len(xb), dtype=np.int64), xb)
+    build_s = time.perf_counter() - t
+    rss1 = rss_mb()
+    timed_search(index.search, xq[:20], k)  # warm-up
+    lat, ids = timed_search(index.search, xq, k)
+    return {
+        "kind": index.kind, "nlist": index.nlist, "nprobe": settings.ivf_nprobe if index.kind == "ivf" else None,
+        "build_s": round(build_s, 2),
+        "search_p50_ms": pct(lat, 50), "search_p95_ms": pct(lat, 95),
+        "recall@10": round(recall_at(ids, gt), 4),
+        "index_bytes": index.nbytes(), "rss_delta_mb": round(rss1 - rss0, 1),
+        "_index": index,
+    }
+
+
+def run_hnsw(xb, xq, gt, settings: IndexSettings, k: int) -> dict:
+    """Plain faiss IndexHNSWFlat with the HNSW settings, for the IVF-vs-HNSW choice."""
+    gc.collect()
+    rss0 = rss_mb()
+    t = time.perf_counter()
+    h = faiss.IndexHNSWFlat(xb.shape[1], settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    h.hnsw.efConstruction = settings.hnsw_ef_construction
+    h.add(xb)
+    build_s = time.perf_counter() - t
+    rss1 = rss_mb()
+    out = {"build_s": round(build_s, 2), "m": settings.hnsw_m, "ef_construction": settings.hnsw_ef_construction,
+           "index_bytes": int(faiss.serialize_index(h).size), "rss_delta_mb": round(rss1 - rss0, 1), "ef_search": {}}
+    for ef in sorted({32, 64, settings.hnsw_ef_search}):
+        h.hnsw.efSearch = ef
+        lat, ids = timed_search(h.search, xq, k)
+        out["ef_search"][ef] = {"p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95), "recall@10": round(recall_at(ids, gt), 4)}
+    return out
+
+
+def nprobe_curve(index: FaissIndex, xq, gt, k: int, values=(4, 8, 16, 32, 64)) -> dict:
+    out = {}
+    saved = index.settings.ivf_nprobe
+    for p in values:
+        index.settings.ivf_nprobe = p
+        lat, ids = timed_search(index.search, xq, k)
+        out[p] = {"p50_ms": pct(lat, 50), "recall@10": round(recall_at(ids, gt), 4)}
+    index.settings.ivf_nprobe = saved
+    return out
+
+
+def sweep(sizes: list[int], dim: int, k: int, nq: int, settings: IndexSettings, budget_ms: float) -> dict:
+    """Exact vs IVF p50 at each size; picks exact_max where exact search stays within budget_ms."""
+    rows = []
+    for n in sizes:
+        mix = Mixture(n, dim, seed=n)
+        xb, xq = mix.draw(n), mix.draw(nq)
+        _, gt = exact_truth(xb, xq, k)
+        exact = FaissIndex(dim, settings.model_copy(update={"exact_max": n}))
+        exact.add(np.arange(n), xb)
+        approx = FaissIndex(dim, settings.model_copy(update={"exact_max": 0}))
+        approx.add(np.arange(n), xb)
+        row = {"n": n}
+        for name, idx in (("exact", exact), ("ivf", approx)):
+            timed_search(idx.search, xq[:10], k)
+            lat, ids = timed_search(idx.search, xq, k)
+            row[f"{name}_p50_ms"] = pct(lat, 50)
+            row[f"{name}_recall@10"] = round(recall_at(ids, gt), 4)
+        rows.append(row)
+    # Exact search is linear in n: fit ms per vector on the measured points and solve for the budget.
+    per_vec = float(np.median([r["exact_p50_ms"] / r["n"] for r in rows]))
+    pick = int(budget_ms / per_vec) // 5_000 * 5_000
+    return {"rows": rows, "budget_ms": budget_ms, "exact_ms_per_10k": round(per_vec * 1e4, 3), "exact_max_pick": pick}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1_000_000, help="indexed vectors (0: skip the main run)")
+    ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--queries", type=int, default=500)
+    ap.add_argument("--exact-queries", type=int, default=30, help="batch-1 exact searches timed")
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--nprobe", type=int, default=None, help="override IndexSettings.ivf_nprobe")
+    ap.add_argument("--nprobe-curve", action="store_true", help="recall/latency for several nprobe")
+    ap.add_argument("--compare-hnsw", action="store_true", help="also build HNSW on the same data")
+    ap.add_argument("--uniform-n", type=int, default=0, help="also run on N uniform random vectors")
+    ap.add_argument("--sweep", default="", help="comma-separated sizes: exact vs IVF p50, picks exact_max")
+    ap.add_argument("--budget-ms", type=float, default=2.0, help="exact search budget for the exact_max pick")
+    args = ap.parse_args(argv)
+
+    settings = IndexSettings(exact_max=0)  # force the approximate representation
+    if args.nprobe:
+        settings.ivf_nprobe = args.nprobe
+    result: dict = {"machine": MACHINE, "faiss": faiss.__version__, "omp_threads": faiss.omp_get_max_threads(), "k": args.k}
+
+    if args.n:
+        mix = Mixture(args.n, args.dim, seed=0)
+        xb, xq = mix.draw(args.n), mix.draw(args.queries)
+        result.update({"n": args.n, "dim": args.dim, "queries": args.queries, "data": mix.describe()})
+        t = time.perf_counter()
+        flat, gt = exact_truth(xb, xq, args.k)
+        result["exact_truth_batched_s"] = round(time.perf_counter() - t, 2)
+        # Exact batch-1 latency with FAISS's default OpenMP threads and with one (the faster here).
+        lat, _ = timed_search(flat.search, xq[: args.exact_queries], args.k)
+        result["exact_p50_ms_omp_default"] = pct(lat, 50)
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        lat, _ = timed_search(flat.search, xq[: args.exact_queries], args.k)
+        faiss.omp_set_num_threads(threads)
+        result["exact_p50_ms_1_thread"] = pct(lat, 50)
+        result["exact_p50_ms"] = min(result["exact_p50_ms_omp_default"], result["exact_p50_ms_1_thread"])
+        del flat
+        run = run_faiss_index(xb, xq, gt, settings, args.k)
+        index = run.pop("_index")
+        result["index"] = run
+        result["speedup_vs_exact_p50"] = round(result["exact_p50_ms"] / max(run["search_p50_ms"], 1e-9), 1)
+        result["raw_vectors_bytes"] = int(xb.nbytes)
+        result["target_met"] = run["search_p50_ms"] <= 5.0 and run["recall@10"] >= 0.95
+        if args.nprobe_curve and index.kind == "ivf":
+            result["nprobe_curve"] = nprobe_curve(index, xq, gt, args.k)
+        del index
+        if args.compare_hnsw:
+            result["hnsw"] = run_hnsw(xb, xq, gt, settings, args.k)
+        del xb
+        gc.collect()
+
+    if args.uniform_n:
+        xb, xq = uniform(args.uniform_n, args.dim, 1), uniform(min(args.queries, 300), args.dim, 2)
+        _, gt = exact_truth(xb, xq, args.k)
+        run = run_faiss_index(xb, xq, gt, settings, args.k)
+        run.pop("_index")
+        result["uniform"] = {"n": args.uniform_n, "data": "uniform random on the sphere (no structure: worst case)", **run}
+        if args.compare_hnsw:
+            result["uniform"]["hnsw"] = run_hnsw(xb, xq, gt, settings, args.k)
+        del xb
+
+    if args.sweep:
+        sizes = [int(s) for s in args.sweep.split(",") if s]
+        result["exact_max_sweep"] = sweep(sizes, args.dim, args.k, min(args.queries, 200), settings, args.budget_ms)
+
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
