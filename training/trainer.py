@@ -106,8 +106,11 @@ class Trainer:
         acc = self.accelerator
         if len(train_data) == 0:
             raise ValueError("the training set is empty")
+        # The loader's own generator: creating an iterator (also when resuming mid-epoch) then
+        # draws nothing from the global RNG, so dropout masks replay exactly after a resume.
         train_loader = DataLoader(train_data, batch_size=config.batch_size, collate_fn=collate,
-                                  sampler=EpochShuffle(len(train_data), config.seed))
+                                  sampler=EpochShuffle(len(train_data), config.seed),
+                                  generator=torch.Generator().manual_seed(config.seed))
         dev_loader = (DataLoader(dev_data, batch_size=config.batch_size, collate_fn=collate)
                       if dev_data is not None and len(dev_data) else None)
         params = [p for p in model.parameters() if p.requires_grad]

@@ -1,0 +1,105 @@
+"""The promotion gate: a candidate model is served only if it is not worse than the serving one.
+
+``promote(registry, candidate, ...)`` evaluates the candidate and the serving model with the same
+evaluation (``bot.evaluate.run_eval``: retrieval, decision, selection and generation on the same
+dev dialogues and knowledge base) and points ``CURRENT`` at the candidate only when none of
+``GATE_METRICS`` (reply ROUGE-L, knowledge-selection F1) drops by more than ``tolerance``.
+``force`` switches without the comparison. Serving processes follow the pointer
+(``training.registry.FollowingGenerator``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from bot.errors import SupportbotError
+from training.model_card import read_card, write_card
+from training.registry import ModelRegistry
+
+GATE_METRICS = ("rougeL", "selection_f1")
+REPORTED = ("n", "selection_precision", "selection_recall", "selection_f1", "recall@5", "mrr",
+            "bleu", "rouge1", "rouge2", "rougeL", "ttft_ms_p50", "tokens_per_s")
+
+
+@dataclass
+class GateResult:
+    promoted: bool
+    candidate: str
+    serving: str
+    candidate_metrics: dict[str, Any] = field(default_factory=dict)
+    serving_metrics: dict[str, Any] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)  # why it was refused (empty when it passed)
+    forced: bool = False
+    version: int | None = None
+
+
+def compare(candidate: dict[str, Any], serving: dict[str, Any], tolerance: float = 0.0) -> list[str]:
+    """Reasons to refuse the candidate: each gate metric that dropped by more than ``tolerance``."""
+    reasons = []
+    for name in GATE_METRICS:
+        if name not in candidate or name not in serving:
+            raise SupportbotError(f"the evaluation did not report {name!r}; the gate needs it")
+        c, s = float(candidate[name]), float(serving[name])
+        if c < s - tolerance:
+            reasons.append(f"{name} would drop from {s:.4f} to {c:.4f}")
+    return reasons
+
+
+def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: metrics[k] for k in REPORTED if k in metrics}
+
+
+def promote(
+    registry: ModelRegistry,
+    candidate: str | Path,
+    settings,
+    kb: Path | None,
+    dialogues: Path | None,
+    *,
+    force: bool = False,
+    limit: int | None = None,
+    tolerance: float = 0.0,
+    eval_fn: Callable[..., dict[str, Any]] | None = None,
+    progress: bool = True,
+    components=None,
+) -> GateResult:
+    """Evaluate candidate and serving model on the same dialogues; switch when the gate passes.
+
+    ``eval_fn`` defaults to ``bot.evaluate.run_eval`` (same signature). With ``force`` and no
+    dialogues the switch happens without any evaluation.
+    """
+    cand_path = registry.resolve(candidate)
+    cur = registry.current()
+    serving_model = str(cur[0]) if cur else None  # None: the configured generator
+    serving_name = serving_model or f"{settings.generator.backend}:{settings.generator.model}"
+    if cur and cur[0] == cand_path:
+        raise SupportbotError(f"{cand_path} is already the serving model (version {cur[1]})")
+    result = GateResult(False, str(cand_path), serving_name, forced=force)
+    if kb is None or dialogues is None:
+        if not force:
+            raise SupportbotError("the promotion gate needs --kb and --dialogues (or --force)")
+    else:
+        if eval_fn is None:
+            from bot.evaluate import run_eval as eval_fn
+        common = dict(limit=limit, progress=progress, components=components)
+        result.candidate_metrics = eval_fn(settings, kb, dialogues, model=str(cand_path), **common)
+        result.serving_metrics = eval_fn(settings, kb, dialogues, model=serving_model, **common)
+        result.reasons = compare(result.candidate_metrics, result.serving_metrics, tolerance)
+    if result.reasons and not force:
+        return result
+    evaluation = {
+        "kb": str(kb) if kb else None, "dialogues": str(dialogues) if dialogues else None,
+        "limit": limit, "forced": force, "serving_model": serving_name,
+        "candidate": _summary(result.candidate_metrics), "serving": _summary(result.serving_metrics),
+        "refusal_overridden": result.reasons,
+    }
+    result.version = registry.set_current(cand_path, evaluation)
+    result.promoted = True
+    installed = registry.current()
+    if installed is not None:
+        card = read_card(installed[0])
+        if card:  # the untuned default model has no card
+            card["evaluation"] = evaluation
+            write_card(installed[0], card)
+    return result
