@@ -45,8 +45,6 @@ def sse_response(frames: Iterable[str], status: int = 200) -> Response:
     """A streaming ``text/event-stream`` response that keeps the request context for the stream."""
     resp = Response(stream_with_context(iter(frames)), status=status, mimetype="text/event-stream")
     resp.headers.update(HEADERS)
-    # Never compress or buffer a stream: each frame must leave the server when it is written.
-    resp.direct_passthrough = True
     return resp
 
 

@@ -49,7 +49,7 @@
     ".msg p{margin:0 0 6px}.msg p:last-child{margin-bottom:0}.msg ul,.msg ol{margin:4px 0;padding-left:20px}",
     ".msg code{background:#eef0f2;padding:0 3px;border-radius:3px;font-size:13px}",
     ".msg a{color:inherit}",
-    ".typing::after{content:'\\2026';opacity:.6}",
+    ".typing:empty::after,.typing > :last-child::after{content:' \\2026';opacity:.6}",
     ".sources{margin:8px 0 0;padding:6px 0 0;border-top:1px solid #e6e9eb;list-style:none;font-size:13px}",
     ".sources li{margin:2px 0}.sources a{color:#245a8a}",
     ".rate{display:flex;gap:6px;margin-top:6px;align-items:center;font-size:12px;color:#5b6670}",
