@@ -334,3 +334,51 @@ def test_feedback_is_stored_only_for_replies_in_the_conversation(components, cli
     assert r.status_code == 400  # the visitor's own message
     with components.db.session() as s:
         assert s.scalar(select(func.count(Feedback.id))) == 0
+
+
+def test_login_attempts_are_rate_limited_per_ip(tmp_path):
+    from web import create_app
+
+    settings = make_settings(tmp_path, rate_limit_login="3 per minute")
+    comps = make_components(settings, ingest=False)
+    app = create_app(settings, comps)
+    app.config["WTF_CSRF_ENABLED"] = False
+    client = app.test_client()
+    codes = [client.post("/admin/login", data={"username": "x", "password": "guess"}).status_code
+             for _ in range(4)]
+    assert codes == [401, 401, 401, 429]
+    assert client.get("/admin/login").status_code == 200  # only attempts count
+    comps.db.dispose()
+
+
+def test_per_ip_limit_also_counts_messages(tmp_path):
+    from web import create_app
+
+    settings = make_settings(tmp_path, rate_limit_ip="4 per minute")
+    comps = make_components(settings)
+    app = create_app(settings, comps)
+    key = app.extensions["supportbot"].site_keys.create("default", [ORIGIN]).key
+    v = Visitor(app.test_client(), key).start()  # 2 requests
+    codes = [v.ask("How much does shipping cost?").status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+    comps.db.dispose()
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("https://Shop.Example.com/", "https://shop.example.com"),
+    ("http://localhost:8080", "http://localhost:8080"),
+    ("https://a.example:443", "https://a.example"),
+])
+def test_origins_are_normalised(raw, expected):
+    from web.keys import normalize_origin
+
+    assert normalize_origin(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["shop.example", "ftp://x.example", "https://", "javascript:alert(1)"])
+def test_bad_origins_are_refused(raw):
+    from bot.errors import SupportbotError
+    from web.keys import normalize_origin
+
+    with pytest.raises(SupportbotError, match="not an origin"):
+        normalize_origin(raw)

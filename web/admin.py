@@ -34,7 +34,9 @@ def _admin_headers(resp):
 def _select_bot() -> None:
     chosen = request.args.get("bot")
     if chosen:
-        session["bot"] = chosen[:64]
+        if chosen not in _bots():
+            raise NotFound(f"no bot called {chosen!r}")
+        session["bot"] = chosen
     g.bot = session.get("bot") or web().settings.default_bot
 
 
@@ -45,7 +47,8 @@ def _bots() -> list[str]:
 
 @bp.app_context_processor
 def _template_globals():
-    return {"current_bot": g.get("bot"), "user": g.get("user")}
+    bots = _bots() if g.get("user") and request.path.startswith("/admin") else []
+    return {"current_bot": g.get("bot"), "user": g.get("user"), "bots": bots}
 
 
 @bp.get("/")
@@ -61,7 +64,7 @@ def documents():
     query = request.args.get("q", "").strip() or None
     kb = web().components.knowledge
     rows = kb.documents(g.bot, query=query)
-    return render_template("admin/documents.html", documents=rows, q=query or "", bots=_bots(),
+    return render_template("admin/documents.html", documents=rows, q=query or "",
                            suffixes=_suffixes(), max_mb=web().settings.web.max_upload_mb)
 
 
