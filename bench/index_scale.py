@@ -176,10 +176,17 @@ def sweep(sizes: list[int], dim: int, k: int, nq: int, settings: IndexSettings, 
             row[f"{name}_p50_ms"] = pct(lat, 50)
             row[f"{name}_recall@10"] = round(recall_at(ids, gt), 4)
         rows.append(row)
-    # Exact search is linear in n: fit ms per vector on the measured points and solve for the budget.
-    per_vec = float(np.median([r["exact_p50_ms"] / r["n"] for r in rows]))
-    pick = int(budget_ms / per_vec) // 5_000 * 5_000
-    return {"rows": rows, "budget_ms": budget_ms, "exact_ms_per_10k": round(per_vec * 1e4, 3), "exact_max_pick": pick}
+    # Largest size whose exact p50 stays within budget, interpolating linearly between sizes.
+    pick = 0
+    for lo, hi in zip(rows, rows[1:] + [None]):
+        if lo["exact_p50_ms"] > budget_ms:
+            break
+        pick = lo["n"]
+        if hi is not None and hi["exact_p50_ms"] > budget_ms:
+            frac = (budget_ms - lo["exact_p50_ms"]) / (hi["exact_p50_ms"] - lo["exact_p50_ms"])
+            pick = lo["n"] + int(frac * (hi["n"] - lo["n"]))
+            break
+    return {"rows": rows, "budget_ms": budget_ms, "exact_max_pick": pick // 1_000 * 1_000}
 
 
 def main(argv=None) -> dict:

@@ -67,6 +67,7 @@ def bench_settings(args):
     return Settings(
         data_dir=Path(args.data_dir),
         embedder={"model": "hashing"},
+        generator={"backend": "extractive"},  # replaced by ScriptedGenerator in the workers
         dialogue={"answer_threshold": 0.0, "clarify_threshold": 0.0},
         web={"host": "127.0.0.1", "port": args.port, "workers": args.workers, "threads": args.threads,
              "worker_class": args.worker_class, "rate_limit_ip": "1000000 per minute",
@@ -75,11 +76,11 @@ def bench_settings(args):
 
 
 def serve(args) -> None:
-    from web.demo import prepare_demo_in_subprocess
+    from web.demo import prepare_in_subprocess
     from web.server import gunicorn_options, run
 
     settings = bench_settings(args)
-    key = prepare_demo_in_subprocess(settings, "default", [ORIGIN])["site_key"]
+    key = prepare_in_subprocess(settings, "default", [ORIGIN])["site_key"]
     Path(args.data_dir, "site_key").write_text(key)
 
     def factory():

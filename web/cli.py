@@ -14,15 +14,20 @@ def _components(ctx):
     return components(ctx)
 
 
-def _app_factory(settings, demo_site_key):
-    """Build the app inside a gunicorn worker (after the fork)."""
+def _app_factory(settings, bot, demo_site_key):
+    """Build the app inside a gunicorn worker (after the fork); load the models in the background."""
     import os
+    import threading
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from web import create_app
+    from web.demo import warm_up
 
-    return create_app(settings, demo_site_key=demo_site_key)
+    app = create_app(settings, demo_site_key=demo_site_key)
+    components = app.extensions["supportbot"].components
+    threading.Thread(target=warm_up, args=(components, bot), name="warm-up", daemon=True).start()
+    return app
 
 
 @click.command()
@@ -51,19 +56,19 @@ def serve(ctx, host, port, workers, threads, worker_class, demo, public_url, acc
     settings.ensure_dirs()
     demo_key = None
     base = f"http://{'127.0.0.1' if web.host in ('0.0.0.0', '::') else web.host}:{web.port}"
-    if demo:
-        from web.demo import demo_origins, prepare_demo_in_subprocess
+    from web.demo import demo_origins, prepare_in_subprocess
 
-        click.echo("Preparing the demo (first run: ingesting samples/faq) ...", err=True)
-        result = prepare_demo_in_subprocess(settings, ctx.obj["bot"],
-                                            demo_origins(web.host, web.port, public_url))
+    click.echo("Preparing (a first run converts the default model once; --demo ingests the samples) ...", err=True)
+    origins = demo_origins(web.host, web.port, public_url) if demo else None
+    result = prepare_in_subprocess(settings, ctx.obj["bot"], origins)
+    if demo:
         demo_key = result["site_key"]
         if result["ingested"]:
             click.echo(f"Ingested {result['ingested']} sample documents.", err=True)
         click.echo(f"Demo site: {public_url or base}/demo   (site key {demo_key})", err=True)
     click.echo(f"Admin console: {public_url or base}/admin   (create a login: supportbot admin create-user NAME)",
                err=True)
-    run(functools.partial(_app_factory, settings, demo_key), gunicorn_options(web, access_log))
+    run(functools.partial(_app_factory, settings, ctx.obj["bot"], demo_key), gunicorn_options(web, access_log))
 
 
 @click.group()

@@ -50,9 +50,12 @@ def prepare_demo(components, bot: str, origins: list[str], samples: Path = SAMPL
     return {"site_key": keys.create(bot, sorted(wanted)).key, "ingested": ingested}
 
 
-def prepare_demo_in_subprocess(settings, bot: str, origins: list[str]) -> dict:
-    """Run ``prepare_demo`` in a spawned process, so the server process that later forks
-    workers has not started torch thread pools (forking after that can hang the children)."""
+def prepare_in_subprocess(settings, bot: str, origins: list[str] | None = None) -> dict:
+    """Before gunicorn starts: the demo (when ``origins`` are given) and a first load of the
+    generator, which converts the default model once (slow the first time, cached after).
+
+    Runs in a spawned process, so the server process that later forks workers has not started
+    torch or OpenMP thread pools (forking after that can hang the children)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -60,11 +63,29 @@ def prepare_demo_in_subprocess(settings, bot: str, origins: list[str]) -> dict:
         return pool.submit(_prepare, settings, bot, origins).result()
 
 
-def _prepare(settings, bot: str, origins: list[str]) -> dict:
+def _prepare(settings, bot: str, origins: list[str] | None) -> dict:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from bot.components import Components
 
-    return prepare_demo(Components(settings), bot, origins)
+    comps = Components(settings)
+    result = prepare_demo(comps, bot, origins) if origins else {}
+    load = getattr(comps.generator, "load", None)
+    if load is not None:
+        load()
+    return result
+
+
+def warm_up(components, bot: str) -> None:
+    """Load the embedder, the bot's index and the generator, so the first visitor does not wait."""
+    import logging
+
+    try:
+        components.retriever(bot)
+        load = getattr(components.generator, "load", None)
+        if load is not None:
+            load()
+    except Exception:  # noqa: BLE001 - the first request reports it properly
+        logging.getLogger(__name__).warning("warm-up failed", exc_info=True)
