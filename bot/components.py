@@ -56,7 +56,9 @@ class Components:
     def snapshots(self):
         from retrieval.snapshot import SnapshotStore
 
-        return self._part("snapshots", lambda: SnapshotStore(self.settings.data_dir / "index"))
+        return self._part(
+            "snapshots", lambda: SnapshotStore(self.settings.data_dir / "index", self.settings.index)
+        )
 
     @cached_property
     def knowledge(self):

@@ -34,7 +34,8 @@ class EmbedderSettings(BaseModel):
 class IndexSettings(BaseModel):
     # Up to this many vectors the index is exact (flat inner product); above, approximate (IVF-Flat).
     # hnsw_* are used only by the comparison in bench/index_scale.py --compare-hnsw.
-    exact_max: int = 50_000
+    # 10k: where batch-1 exact search reaches ~2 ms on 2 cores (bench/index_scale.py --sweep).
+    exact_max: int = 10_000
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
     hnsw_ef_search: int = 96
@@ -64,6 +65,11 @@ class RetrievalSettings(BaseModel):
     dense_weight: float = 1.0
     lexical_weight: float = 0.3
     history_turns: int = 3
+    # Candidates taken from each of dense and BM25 (over everything and within the entity)
+    # before the fusion model ranks them.
+    candidates: int = 50
+    # The fitted fusion model (JSON); empty means the one shipped in retrieval/fusion.json.
+    fusion_model: str = ""
 
 
 class GeneratorSettings(BaseModel):

@@ -247,8 +247,10 @@ class FaissIndex:
         return int(self._index.ntotal)
 
     def nbytes(self) -> int:
-        """Bytes the index holds in memory (its serialised size: vectors, ids, centroids)."""
-        return int(faiss.serialize_index(self._index).size)
+        """Bytes of the index's payload in memory: vectors and ids (8 bytes each), plus centroids."""
+        per_vector = 4 * self.dim + 8
+        centroids = 4 * self.dim * self.nlist
+        return len(self) * per_vector + centroids
 
     # ---- writes -------------------------------------------------------------------------
     def add(self, ids, vecs) -> None:
@@ -263,8 +265,10 @@ class FaissIndex:
         if len(self):
             self._remove(ids)
         if self.kind == "flat" and len(self) + len(ids) > self.settings.exact_max:
-            old_ids, old_vecs = self.vectors()
-            self._index = self._new_ivf(np.concatenate([old_ids, ids]), np.concatenate([old_vecs, vecs]))
+            if len(self):
+                old_ids, old_vecs = self.vectors()
+                ids, vecs = np.concatenate([old_ids, ids]), np.concatenate([old_vecs, vecs])
+            self._index = self._new_ivf(ids, vecs)
             return
         self._index.add_with_ids(vecs, ids)
         if self.kind == "ivf" and len(self) > self.settings.ivf_retrain_growth * self._trained_n:

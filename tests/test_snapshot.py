@@ -83,6 +83,13 @@ def test_publish_then_load_round_trips_everything(store, dense_cls):
     assert old.version == 1 and top_id(old) == 1000
 
 
+def test_loaded_dense_index_uses_the_store_settings(tmp_path):
+    settings = IndexSettings(ivf_nprobe=3, search_threads=0)
+    store = SnapshotStore(tmp_path / "index", settings)
+    store.publish("default", make_snapshot(1))
+    assert store.load("default").dense.settings is settings
+
+
 def test_snapshot_without_lexical_index(store):
     snap = make_snapshot(1)
     snap.lexical = None
