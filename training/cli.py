@@ -200,10 +200,11 @@ def train(ctx, dataset, base, out, method, epochs, max_steps, lr, batch_size, gr
         batch_size=batch_size, grad_accum=grad_accum, eval_every=eval_every, patience=patience, seed=seed,
     )
     m = card["metrics"]
+    dev = (f"dev loss {m['dev_loss_before']:.4f} -> {m['dev_loss_best']:.4f} (best)"
+           if m["dev_loss_before"] is not None else "no dev split")
     click.echo(
-        f"{out}: {m['steps']} steps, dev loss {m['dev_loss_before']:.4f} -> {m['dev_loss_best']:.4f} (best), "
-        f"{m['train_tokens_per_s']} tokens/s, {m['train_seconds'] / 60:.1f} min"
-        + (", stopped early" if m["early_stopped"] else "")
+        f"{out}: {m['steps']} steps, {dev}, {m['train_tokens_per_s']} tokens/s, "
+        f"{m['train_seconds'] / 60:.1f} min" + (", stopped early" if m["early_stopped"] else "")
     )
 
 
