@@ -156,37 +156,53 @@ class DialogueManager:
         messages = self.prompt(message, selected, turns)
         pieces: list[str] = []
         ttft: float | None = None
+        finished = stored = False
+        stream = None
         try:
-            for piece in self.generator.stream(messages):
+            stream = self.generator.stream(messages)
+            for piece in stream:
                 if not piece:
                     continue
                 if ttft is None:
                     ttft = (time.perf_counter() - t0) * 1000.0
                 pieces.append(piece)
                 yield Event("token", {"text": piece})
+            finished = True
         except Exception as exc:  # stored as incomplete; the stream ends with an error event
             log.exception("generation failed for message %s", msg_id)
-            self.conversations.update_message(
-                msg_id, text="".join(pieces), ttft_ms=ttft, complete=False,
-                latency_ms=(time.perf_counter() - t0) * 1000.0,
-            )
+            self._store_partial(msg_id, pieces, ttft, t0)
+            stored = True
             text = exc.message if isinstance(exc, SupportbotError) else "the answer could not be completed"
             yield Event("error", {"message": f"Sorry, something went wrong: {text}. Please try again."})
             return
+        finally:
+            if not finished and stream is not None and hasattr(stream, "close"):
+                stream.close()  # the client went away (GeneratorExit) or it failed: stop generating
+            if not finished and not stored:
+                self._store_partial(msg_id, pieces, ttft, t0)
         reply = "".join(pieces)
         cited = cited_numbers(reply, len(selected))
         # The numbers the reply cites; when it cites none, every source it was grounded in.
         shown = cited or list(range(1, len(selected) + 1))
         sources = [source_entry(n, selected[n - 1]) for n in shown]
         yield Event("sources", {"sources": sources})
-        prompt_tokens, completion_tokens = self._usage(messages, reply)
+        prompt_tokens, completion_tokens = self._usage(stream, messages, reply)
         yield self._finish(
             msg_id, t0, text=reply, sources=sources, ttft_ms=ttft,
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
         )
 
-    def _usage(self, messages: list[dict], reply: str) -> tuple[int | None, int | None]:
-        """Prompt and completion tokens, counted with the generator's own tokenizer."""
+    def _store_partial(self, msg_id: int, pieces: list[str], ttft: float | None, t0: float) -> None:
+        self.conversations.update_message(
+            msg_id, text="".join(pieces), ttft_ms=ttft, complete=False,
+            latency_ms=(time.perf_counter() - t0) * 1000.0,
+        )
+
+    def _usage(self, stream, messages: list[dict], reply: str) -> tuple[int | None, int | None]:
+        """Prompt and completion tokens: the backend's own usage, else counted here."""
+        usage = getattr(stream, "usage", None)
+        if usage and usage.get("completion_tokens"):
+            return int(usage.get("prompt_tokens") or 0) or None, int(usage["completion_tokens"])
         tok = getattr(self.generator, "tokenizer", None)
         count = getattr(self.generator, "count_tokens", None)
         prompt = completion = None
