@@ -194,7 +194,8 @@ def run_turn(dialogue, turns: Sequence[dict], generate: bool, max_candidates: in
     pieces: list[str] = []
     t0 = time.perf_counter()
     t_first = None
-    for piece in dialogue.generator.stream(messages):
+    stream = dialogue.generator.stream(messages)
+    for piece in stream:
         if piece and t_first is None:
             t_first = time.perf_counter()
         pieces.append(piece)
@@ -202,9 +203,113 @@ def run_turn(dialogue, turns: Sequence[dict], generate: bool, max_candidates: in
     rec.reply = "".join(pieces).strip()
     if t_first is not None:
         rec.ttft_ms = (t_first - t0) * 1000.0
+        usage = getattr(stream, "usage", None) or {}
         count = getattr(dialogue.generator, "count_tokens", None)
-        rec.completion_tokens = int(count(rec.reply)) if count else len(pieces)
+        rec.completion_tokens = int(usage.get("completion_tokens") or 0) or (
+            int(count(rec.reply)) if count else len(pieces)
+        )
         # Decode speed excludes the first token (prefill), as bench/generate.py measures it.
         rec.completion_tokens = max(0, rec.completion_tokens - 1)
         rec.decode_s = t_end - t_first
     return rec
+
+
+def _generator_settings(settings, model: str | None, backend: str | None):
+    update: dict[str, Any] = {}
+    if model:
+        update["model"] = model
+    if backend:
+        update["backend"] = backend
+    return settings.generator.model_copy(update=update) if update else settings.generator
+
+
+def run_eval(
+    settings,
+    kb_path: Path,
+    dialogues_path: Path,
+    model: str | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+    components=None,
+    *,
+    backend: str | None = None,
+    generate: bool = True,
+    out_of_scope: bool = True,
+    predictions_path: Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate the bot on ``dialogues_path`` with the knowledge base ``kb_path``.
+
+    The KB is ingested into a scratch data dir cached by content hash (``retrieval.evaluate``);
+    with ``components`` given, into its bot ``eval`` instead (tests pass tiny real parts this way).
+    ``model`` / ``backend`` replace the generator's; ``generate=False`` scores retrieval, selection
+    and decisions only (they do not depend on the generator). Returns the report dict.
+    """
+    from bot.dialogue import DialogueManager
+    from bot.generators import build_generator
+    from retrieval.evaluate import EVAL_BOT, prepare_kb
+    from tqdm import tqdm
+
+    t_start = time.perf_counter()
+    kb_path, dialogues_path = Path(kb_path), Path(dialogues_path)
+    instances = load_dialogues(dialogues_path, limit)
+    generator = None
+    if generate:
+        if components is not None and "generator" in getattr(components, "_overrides", {}):
+            generator = components.generator
+        else:
+            generator = build_generator(_generator_settings(settings, model, backend), settings.data_dir)
+        if hasattr(generator, "load"):
+            generator.load()
+    if components is None:
+        overrides = {"generator": generator} if generator is not None else {}
+        kb = prepare_kb(kb_path, settings, progress=progress, **overrides)
+        comps, bot, ingest = kb.components, kb.bot, kb.ingest
+    else:
+        comps, bot = components, EVAL_BOT
+        report = comps.knowledge.ingest(bot, [kb_path], progress=progress)
+        if report.errors:
+            raise SupportbotError(f"{kb_path}: " + "; ".join(report.errors[:5]))
+        ingest = {"chunks": report.chunks, "cached": False}
+    dialogue = DialogueManager(comps.conversations, comps.retriever(bot), generator, settings.dialogue)
+
+    records: list[Record] = []
+    for row in tqdm(instances, desc="dialogues", unit="turn", disable=not progress):
+        # Generation is scored on knowledge-seeking turns only; the rest need the decision alone.
+        r = run_turn(dialogue, row["turns"], generate=generate and row["target"])
+        r.id, r.target, r.gold = row["id"], row["target"], row["gold_doc_ids"]
+        r.gold_response = row.get("gold_response") or ""
+        records.append(r)
+    if out_of_scope:
+        for i, q in enumerate(out_of_scope_questions()):
+            r = run_turn(dialogue, [{"role": "user", "text": q}], generate=False)
+            r.id, r.out_of_scope = f"oos-{i}", True
+            records.append(r)
+
+    report = summarize(records)
+    report.update(
+        {
+            "kb": str(kb_path),
+            "dialogues": str(dialogues_path),
+            "limit": limit,
+            "generated": generate,
+            "model": getattr(generator, "model_id", None) if generator is not None else None,
+            "backend": (backend or settings.generator.backend) if generate else None,
+            "policy": settings.dialogue.model_dump(
+                include={"answer_threshold", "clarify_threshold", "candidates", "select_margin",
+                         "select_same_entity", "select_min_confidence", "max_sources"}
+            ),
+            "kb_chunks": ingest.get("chunks"),
+            "kb_cached": ingest.get("cached", False),
+            "seconds": round(time.perf_counter() - t_start, 1),
+        }
+    )
+    if predictions_path is not None:
+        with open(predictions_path, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps({
+                    "id": r.id, "target": r.target, "out_of_scope": r.out_of_scope,
+                    "decision": r.decision, "confidence": round(r.confidence, 4),
+                    "selected": r.selected, "gold": r.gold, "ranked": r.ranked[:10],
+                    "reply": r.reply, "gold_response": r.gold_response, "ttft_ms": r.ttft_ms,
+                }, ensure_ascii=False) + "\n")
+    return report
