@@ -55,6 +55,11 @@ class DialogueManager:
         self.retriever = retriever
         self.generator = generator
         self.settings = settings
+        self.selector = None
+        if settings.selector:
+            from bot.selector import LearnedSelector
+
+            self.selector = LearnedSelector.load(settings.selector, getattr(retriever, "embedder", None))
 
     # -- the parts, usable alone (evaluation runs them without storing) ------------------------
     def retrieve(self, message: str, turns: Sequence[dict]) -> list[Hit]:
@@ -64,7 +69,13 @@ class DialogueManager:
     def plan(self, message: str, hits: Sequence[Hit]) -> tuple[Decision, list[Hit]]:
         """The decision and the sources an answer would be grounded in."""
         decision = decide(message, hits, self.settings)
-        return decision, select_sources(hits, self.settings) if decision.action == ANSWER else []
+        return decision, self.select(message, hits) if decision.action == ANSWER else []
+
+    def select(self, message: str, hits: Sequence[Hit]) -> list[Hit]:
+        """The passages an answer is grounded in (learned selector when configured, else the rule)."""
+        if self.selector is not None:
+            return self.selector.select(message, hits, self.settings.max_sources)
+        return select_sources(hits, self.settings)
 
     def prompt(self, message: str, sources: Sequence[Hit], turns: Sequence[dict]) -> list[dict]:
         count = getattr(self.generator, "count_tokens", None)

@@ -105,6 +105,9 @@ class DialogueSettings(BaseModel):
     select_margin: float = 0.3
     select_same_entity: bool = True
     select_min_confidence: float = 0.0
+    # "" = the rule above; "dstc11" = the bundled learned selector (bot/selector.py), or a path
+    # to one trained by bench/train_selector.py for the same embedder.
+    selector: str = ""
     handoff_message: str = (
         "I'm sorry, I can't answer that from our help center. I've asked a member of our team to "
         "take over this conversation; they will reply here as soon as they can."

@@ -1,0 +1,79 @@
+"""The learned selector: loading checks, feature layout, and selection by a hand-set network."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bot.errors import ConfigError
+from bot.selector import BUNDLED, FEATURE_VERSION, N_SCALAR, LearnedSelector, features
+from retrieval.embedder import HashingEmbedder
+from retrieval.types import Hit
+
+DIM = 64
+
+
+def hit(i: int, text: str, entity: str = "Acme", doc_type: str = "review") -> Hit:
+    return Hit(chunk_id=i, doc_id=f"d{i}", title=entity, text=text, score=1.0 - i / 10, confidence=0.5,
+               metadata={"entity_name": entity, "doc_type": doc_type})
+
+
+def write_selector(path, embedder, threshold=0.5, k=10):
+    """A network whose output is sigmoid(10 * (cos - 0.5)): it keeps passages with cos >= 0.5."""
+    n_in = 2 * DIM + N_SCALAR
+    w1 = np.zeros((n_in, 2), np.float32)
+    w1[2 * DIM + 0, 0] = 1.0  # the cosine feature -> hidden unit 0
+    np.savez(
+        path, w1=w1, b1=np.zeros(2, np.float32), w2=np.array([10.0, 0.0], np.float32), b2=np.float32(-5.0),
+        meta=np.array(json.dumps({"feature_version": FEATURE_VERSION, "embedder": embedder.model_id,
+                                  "threshold": threshold, "k": k})),
+    )
+    return path
+
+
+def test_features_layout():
+    emb = HashingEmbedder(DIM)
+    hits = [hit(0, "free parking at the hotel"), hit(1, "breakfast is served", entity="Other", doc_type="faq")]
+    q = emb.embed(["is parking free"])[0]
+    v = emb.embed([h.text for h in hits])
+    x = features(q, v, hits, k=10)
+    assert x.shape == (2, 2 * DIM + N_SCALAR) and x.dtype == np.float32
+    cos = v @ q
+    np.testing.assert_allclose(x[:, 2 * DIM], cos, rtol=1e-6)
+    np.testing.assert_allclose(x[:, 2 * DIM + 2], [0.0, 0.1])  # rank / k
+    assert list(x[:, 2 * DIM + 4]) == [0.0, 1.0]  # is FAQ
+    assert list(x[:, 2 * DIM + 5]) == [1.0, 0.0]  # same entity as the top hit
+
+
+def test_selects_by_probability_and_keeps_retriever_order(tmp_path):
+    emb = HashingEmbedder(DIM)
+    sel = LearnedSelector.load(str(write_selector(tmp_path / "s.npz", emb)), emb)
+    hits = [hit(0, "the pool opens at nine"), hit(1, "parking is free for guests"),
+            hit(2, "guests said parking is free and easy"), hit(3, "the staff were friendly")]
+    chosen = sel.select("parking is free for guests", hits, max_sources=4)
+    assert [h.chunk_id for h in chosen] == [1, 2]
+    p = sel.probabilities("parking is free for guests", hits)
+    assert p[1] > 0.99 and p[0] < 0.5 and p[3] < 0.5
+    assert [h.chunk_id for h in sel.select("parking is free for guests", hits, max_sources=1)] == [1]
+    # nothing above the threshold: still the best one, so an answer is never groundless
+    assert [h.chunk_id for h in sel.select("zebra", hits[:1], max_sources=4)] == [0]
+    assert sel.select("anything", [], max_sources=4) == []
+
+
+def test_load_refuses_another_embedder_and_bad_files(tmp_path):
+    path = write_selector(tmp_path / "s.npz", HashingEmbedder(DIM))
+    with pytest.raises(ConfigError, match="trained on embedder 'hashing-v1-64'"):
+        LearnedSelector.load(str(path), HashingEmbedder(128))
+    with pytest.raises(ConfigError, match="cannot read"):
+        LearnedSelector.load(str(tmp_path / "missing.npz"), HashingEmbedder(DIM))
+
+
+def test_bundled_selector_is_readable():
+    path = BUNDLED["dstc11"]
+    if not path.is_file():
+        pytest.skip("bundled selector not trained yet (bench/train_selector.py)")
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+        assert data["w1"].shape[0] == 2 * 384 + N_SCALAR
+    assert meta["feature_version"] == FEATURE_VERSION and 0 < meta["threshold"] < 1
