@@ -81,6 +81,10 @@ class GeneratorSettings(BaseModel):
     max_new_tokens: int = 160
     temperature: float = 0.0
     top_p: float = 1.0
+    # hf backend: 1.0 = off; >1 discourages repeating prompt/reply tokens (transformers' semantics).
+    repetition_penalty: float = 1.0
+    # hf backend on CPU: torch threads; 0 = torch's default (one per physical core).
+    threads: int = 0
     # openai backend
     base_url: str = "http://127.0.0.1:8000/v1"
     api_key: str = ""

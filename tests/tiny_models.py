@@ -105,3 +105,76 @@ def build_tiny_causal_lm(
     model.save_pretrained(dir)
     tokenizer.save_pretrained(dir)
     return dir
+
+
+def _llama_cpp_permute(w, n_head: int):
+    """llama.cpp's q/k row order (transformers undoes it when it reads a GGUF)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_tiny_gguf(model_dir: Path, gguf_path: Path) -> Path:
+    """Write the tiny model in ``model_dir`` (from ``build_tiny_causal_lm``) as a float32 GGUF file.
+
+    Laid out as llama.cpp's converter does (key names, permuted q/k rows, byte-level BPE
+    vocabulary and merges as metadata), so transformers' GGUF loader reads back the same model:
+    a real stand-in for the default model's GGUF in conversion tests.
+    """
+    import json
+
+    import numpy as np
+    from gguf import GGUFWriter, TokenType
+    from safetensors.numpy import load_file
+
+    model_dir, gguf_path = Path(model_dir), Path(gguf_path)
+    cfg = json.loads((model_dir / "config.json").read_text())
+    tok = json.loads((model_dir / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    for added in tok["added_tokens"]:
+        vocab[added["content"]] = added["id"]
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    special = {a["content"] for a in tok["added_tokens"] if a.get("special")}
+    merges = [" ".join(m) if isinstance(m, list) else m for m in tok["model"]["merges"]]
+
+    w = GGUFWriter(str(gguf_path), "llama")
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+    w.add_rope_dimension_count(cfg["hidden_size"] // cfg["num_attention_heads"])
+    w.add_rope_freq_base(float(cfg.get("rope_theta") or cfg.get("rope_parameters", {}).get("rope_theta", 10000.0)))
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_vocab_size(len(tokens))
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types([TokenType.CONTROL if t in special else TokenType.NORMAL for t in tokens])
+    w.add_token_merges(merges)
+    w.add_bos_token_id(cfg["bos_token_id"])
+    w.add_eos_token_id(cfg["eos_token_id"])
+    w.add_pad_token_id(cfg["pad_token_id"])
+    w.add_chat_template(CHAT_TEMPLATE)
+
+    sd = load_file(str(model_dir / "model.safetensors"))
+    n_head, n_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
+             "post_attention_layernorm": "ffn_norm"}
+    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"].astype(np.float32))
+    w.add_tensor("output_norm.weight", sd["model.norm.weight"].astype(np.float32))
+    if "lm_head.weight" in sd:
+        w.add_tensor("output.weight", sd["lm_head.weight"].astype(np.float32))
+    for i in range(cfg["num_hidden_layers"]):
+        for hf_name, gg_name in names.items():
+            t = sd[f"model.layers.{i}.{hf_name}.weight"].astype(np.float32)
+            if gg_name == "attn_q":
+                t = _llama_cpp_permute(t, n_head)
+            elif gg_name == "attn_k":
+                t = _llama_cpp_permute(t, n_kv)
+            w.add_tensor(f"blk.{i}.{gg_name}.weight", np.ascontiguousarray(t))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return gguf_path

@@ -1,0 +1,187 @@
+"""The generator interface and the streaming pieces every backend shares.
+
+Contract (``Generator``):
+
+* ``stream(messages, **params) -> GenerationStream``: an iterator of text pieces, yielded as they
+  are produced; joined they are the whole reply. ``messages`` are chat messages
+  ``[{"role": "system"|"user"|"assistant", "content": str}, ...]``. Common ``params``:
+  ``max_new_tokens``, ``temperature`` (0 = greedy), ``top_p``, ``stop`` (list of strings: the
+  reply ends before the first one, which is not yielded); backends accept their own extras and
+  ignore unknown ones.
+* ``model_id``: what produced the text (stored with each message).
+* Constructors are cheap; ``load()`` does the heavy work and returns the generator. ``stream``
+  loads on first use when ``load`` was not called.
+* ``count_tokens(text)``: tokens by the model's own tokenizer where there is one (``tokenizer``
+  attribute, else ``None``), otherwise an approximation.
+* Usage: the returned ``GenerationStream`` has ``usage`` (``{"prompt_tokens",
+  "completion_tokens"}``, final once the stream is exhausted or closed) and ``text()``; the
+  generator's ``last_usage`` is the usage of the last stream finished *in the calling thread*
+  (thread-local, so concurrent web requests each see their own).
+"""
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
+
+_WORDS = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+_WORD_PIECES = re.compile(r"\s*\S+|\s+")
+
+
+def approx_count_tokens(text: str) -> int:
+    """Token count without a tokenizer: words and punctuation marks."""
+    return len(_WORDS.findall(text))
+
+
+def word_pieces(text: str) -> list[str]:
+    """``text`` split into pieces of one word each with its leading whitespace (joins back exactly)."""
+    return _WORD_PIECES.findall(text)
+
+
+@runtime_checkable
+class Generator(Protocol):
+    model_id: str
+    tokenizer: Any
+
+    def load(self) -> "Generator": ...
+
+    def stream(self, messages: Sequence[dict], **params: Any) -> Iterator[str]:
+        """Yield the reply to ``messages`` in text pieces as they are produced."""
+
+    def count_tokens(self, text: str) -> int: ...
+
+
+def validate_messages(messages: Sequence[dict]) -> list[dict]:
+    """Check the chat messages shape; raise ``GeneratorError`` naming the bad field."""
+    from bot.errors import GeneratorError
+
+    if not messages:
+        raise GeneratorError("messages: at least one message is needed")
+    out = []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
+            raise GeneratorError(f"messages[{i}]: expected a dict with 'role' and 'content'")
+        if not isinstance(msg["content"], str):
+            raise GeneratorError(f"messages[{i}].content: expected a string")
+        out.append({"role": str(msg["role"]), "content": msg["content"]})
+    return out
+
+
+def stop_list(stop: str | Iterable[str] | None) -> list[str]:
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop] if stop else []
+    return [s for s in stop if s]
+
+
+class StopMatcher:
+    """Cut a stream of text at the first stop string, without ever yielding part of one.
+
+    ``feed(piece)`` returns the text safe to show now; the tail that could still grow into a stop
+    string is held back until the next piece decides it. ``stopped`` turns true once a stop string
+    is complete (everything from it on is dropped). ``flush()`` releases the held-back tail at the
+    end of the stream.
+    """
+
+    def __init__(self, stop: Sequence[str]):
+        self.stop = [s for s in stop if s]
+        self.stopped = False
+        self._pending = ""
+
+    def _held_back(self, text: str) -> int:
+        """Length of the longest suffix of ``text`` that is a proper prefix of a stop string."""
+        best = 0
+        for s in self.stop:
+            for n in range(min(len(s) - 1, len(text)), best, -1):
+                if text.endswith(s[:n]):
+                    best = n
+                    break
+        return best
+
+    def feed(self, piece: str) -> str:
+        if self.stopped:
+            return ""
+        if not self.stop:
+            return piece
+        text = self._pending + piece
+        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            self._pending = ""
+            return text[:cut]
+        keep = self._held_back(text)
+        self._pending = text[len(text) - keep:] if keep else ""
+        return text[: len(text) - keep]
+
+    def flush(self) -> str:
+        out, self._pending = ("" if self.stopped else self._pending), ""
+        return out
+
+
+class GenerationStream(Iterator[str]):
+    """An iterator of text pieces with the call's usage, filled in as it runs.
+
+    ``pieces`` is the backend's own generator; it receives this object and updates ``usage``.
+    ``on_finish(usage)`` runs once, when the stream is exhausted, fails or is closed.
+    """
+
+    def __init__(
+        self,
+        pieces: Callable[["GenerationStream"], Iterator[str]],
+        model_id: str,
+        on_finish: Callable[[dict], None] | None = None,
+    ):
+        self.model_id = model_id
+        self.usage: dict[str, int] = {"prompt_tokens": 0, "completion_tokens": 0}
+        self.finish_reason: str | None = None  # "stop" | "length" | None while running
+        self._chunks: list[str] = []
+        self._on_finish = on_finish
+        self._finished = False
+        self._it = pieces(self)
+
+    def __iter__(self) -> "GenerationStream":
+        return self
+
+    def __next__(self) -> str:
+        try:
+            piece = next(self._it)
+        except BaseException:
+            self._finish()
+            raise
+        self._chunks.append(piece)
+        return piece
+
+    def _finish(self) -> None:
+        if not self._finished:
+            self._finished = True
+            if self._on_finish is not None:
+                self._on_finish(dict(self.usage))
+
+    def close(self) -> None:
+        """Stop generating (frees the backend's per-call state at once)."""
+        self._it.close()
+        self._finish()
+
+    def text(self) -> str:
+        """Consume what is left and return the whole reply."""
+        for _ in self:
+            pass
+        return "".join(self._chunks)
+
+
+class UsageMixin:
+    """Gives a backend a thread-local ``last_usage`` fed by its streams' ``on_finish``.
+
+    Backends set ``self._usage_local = threading.local()`` in their constructor.
+    """
+
+    _usage_local: threading.local
+
+    def _record_usage(self, usage: dict) -> None:
+        self._usage_local.value = usage
+
+    @property
+    def last_usage(self) -> dict | None:
+        """Usage of the last stream finished in this thread: ``{"prompt_tokens", "completion_tokens"}``."""
+        return getattr(self._usage_local, "value", None)

@@ -1,0 +1,105 @@
+"""``extractive`` backend: no language model; the reply is the best FAQ answer, verbatim, cited.
+
+The dialogue manager passes the retrieved sources (``Hit`` objects or their dicts, best first) as
+``stream(messages, sources=[...])``. The reply is the answer of the highest-ranked FAQ source
+(``metadata["answer"]``; for an FAQ chunk without it, the text after its question line), or, when
+no source is an FAQ entry, the top source's text, followed by its citation ``[n]`` (``n`` = its
+position in ``sources``, so citations map back exactly as they do for generated replies). With
+no sources the reply is ``dont_know``. It streams in word pieces like a model would.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping, Sequence
+
+from bot.generators.base import (
+    GenerationStream,
+    StopMatcher,
+    UsageMixin,
+    approx_count_tokens,
+    stop_list,
+    validate_messages,
+    word_pieces,
+)
+
+DONT_KNOW = "I don't know the answer to that. Would you like me to connect you with a person?"
+
+
+def _get(source: Any, name: str, default: Any = None) -> Any:
+    if isinstance(source, Mapping):
+        return source.get(name, default)
+    return getattr(source, name, default)
+
+
+def faq_answer(source: Any) -> str | None:
+    """The answer part of an FAQ source, or ``None`` when the source is not an FAQ entry."""
+    meta = _get(source, "metadata") or {}
+    answer = str(meta.get("answer") or _get(source, "answer") or "").strip()
+    if answer:
+        return answer
+    is_faq = _get(source, "kind") == "faq" or meta.get("kind") == "faq" or meta.get("doc_type") == "faq"
+    if not is_faq:
+        return None
+    text = str(_get(source, "text") or "").strip()
+    _question, _, rest = text.partition("\n")
+    return rest.strip() or None
+
+
+def extract_reply(sources: Sequence[Any], dont_know: str = DONT_KNOW) -> str:
+    """The reply for ``sources`` (best first): an FAQ answer or the top passage, with ``[n]``."""
+    if not sources:
+        return dont_know
+    for n, source in enumerate(sources, start=1):
+        answer = faq_answer(source)
+        if answer:
+            return f"{answer} [{n}]"
+    text = str(_get(sources[0], "text") or "").strip()
+    return f"{text} [1]" if text else dont_know
+
+
+class ExtractiveGenerator(UsageMixin):
+    """Replies with retrieved FAQ answers verbatim. Params: ``sources``, ``stop``, ``max_new_tokens``."""
+
+    model_id = "extractive"
+    tokenizer = None
+
+    def __init__(self, dont_know: str = DONT_KNOW):
+        import threading
+
+        self.dont_know = dont_know
+        self._usage_local = threading.local()
+
+    def load(self) -> "ExtractiveGenerator":
+        return self
+
+    def count_tokens(self, text: str) -> int:
+        return approx_count_tokens(text)
+
+    def stream(self, messages: Sequence[dict], **params: Any) -> GenerationStream:
+        messages = validate_messages(messages)
+        reply = extract_reply(list(params.get("sources") or []), self.dont_know)
+        max_pieces = params.get("max_new_tokens")
+        stop = stop_list(params.get("stop"))
+        prompt_tokens = sum(approx_count_tokens(m["content"]) for m in messages)
+
+        def pieces(handle: GenerationStream) -> Iterator[str]:
+            handle.usage["prompt_tokens"] = prompt_tokens
+            matcher = StopMatcher(stop)
+            words = word_pieces(reply)
+            for i, word in enumerate(words):
+                if max_pieces is not None and i >= int(max_pieces):
+                    handle.finish_reason = "length"
+                    break
+                handle.usage["completion_tokens"] += 1
+                piece = matcher.feed(word)
+                if piece:
+                    yield piece
+                if matcher.stopped:
+                    break
+            else:
+                handle.finish_reason = "stop"
+            tail = matcher.flush()
+            if tail:
+                yield tail
+            handle.finish_reason = handle.finish_reason or "stop"
+
+        return GenerationStream(pieces, self.model_id, on_finish=self._record_usage)

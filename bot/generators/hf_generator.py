@@ -1,0 +1,244 @@
+"""``hf`` backend: a transformers causal LM from a local folder or a hub id, streamed token by token.
+
+``HFGenerator(model, ...)`` is cheap; ``load()`` reads tokenizer and weights (the default model is
+converted once from its GGUF file, see ``default_model``). Device ``auto`` means CUDA in bfloat16
+when present, else the CPU in float32, or bfloat16 where oneDNN has native bfloat16 kernels
+(AVX512-BF16/AMX); on AVX2-only CPUs bfloat16 matmuls are emulated and slower (see
+``bench/generate.py``). Decoding runs ``decoding.decode_tokens`` (a preallocated KV cache and one
+forward per token in the caller's thread), not ``generate()``.
+
+Thread safety: one instance serves many threads. Each ``stream`` call owns its cache and sampler;
+forwards take the model lock (streams interleave per token); the Rust tokenizer is used under its
+own lock because concurrent calls that change its truncation state fail ("Already borrowed").
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from bot.errors import GeneratorError
+from bot.generators.base import (
+    GenerationStream,
+    StopMatcher,
+    UsageMixin,
+    stop_list,
+    validate_messages,
+)
+
+DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct"
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device in ("", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise GeneratorError(f"generator.device={device!r} but no CUDA device is available")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    """``auto``: bfloat16 on CUDA; on CPU bfloat16 only with native kernels, else float32."""
+    import torch
+
+    if dtype in ("", "auto"):
+        if device.startswith("cuda"):
+            return torch.bfloat16
+        native_bf16 = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+        return torch.bfloat16 if native_bf16 else torch.float32
+    try:
+        value = getattr(torch, dtype)
+    except AttributeError:
+        value = None
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise GeneratorError(f"generator.dtype={dtype!r}: use auto, float32, bfloat16 or float16")
+    return value
+
+
+class HFGenerator(UsageMixin):
+    """Causal LM generator. ``model``: a local folder, a hub id, or ``default`` (needs ``data_dir``)."""
+
+    def __init__(
+        self,
+        model: str | Path = "default",
+        *,
+        data_dir: Path | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_new_tokens: int = 160,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+        threads: int = 0,
+    ):
+        self.model_name = str(model)
+        self.model_id = DEFAULT_MODEL_ID if self.model_name == "default" else self.model_name
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+        self.device_setting, self.dtype_setting = device, dtype
+        self.defaults = {
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "repetition_penalty": repetition_penalty,
+        }
+        self.threads = threads
+        self.tokenizer = None
+        self.model = None
+        self.device: str | None = None
+        self.dtype = None
+        self._load_lock = threading.Lock()
+        self._model_lock = threading.Lock()
+        self._tok_lock = threading.Lock()
+        self._usage_local = threading.local()
+
+    # -- loading ---------------------------------------------------------------------------
+    def _model_path(self) -> str:
+        if self.model_name == "default":
+            from bot.generators.default_model import default_model_dir
+
+            if self.data_dir is None:
+                raise GeneratorError("the default generator model needs a data_dir to convert into")
+            return str(default_model_dir(self.data_dir))
+        path = Path(self.model_name).expanduser()
+        if path.exists():
+            if not (path / "config.json").is_file():
+                raise GeneratorError(f"{path}: not a model folder (no config.json)")
+            return str(path)
+        return self.model_name  # a hub id (needs the hub or its local cache)
+
+    def _load_tokenizer(self, path: str) -> None:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except Exception as exc:
+            raise GeneratorError(f"generator model {path!r}: cannot load its tokenizer ({exc})") from exc
+        self.tokenizer = tokenizer
+
+    def load(self) -> "HFGenerator":
+        """Load tokenizer and weights (once; later calls return at once)."""
+        with self._load_lock:
+            if self.model is not None:
+                return self
+            import torch
+            from transformers import AutoModelForCausalLM
+
+            path = self._model_path()
+            if self.tokenizer is None:
+                self._load_tokenizer(path)
+            device = resolve_device(self.device_setting)
+            dtype = resolve_dtype(self.dtype_setting, device)
+            if self.threads > 0 and device == "cpu":
+                torch.set_num_threads(self.threads)
+            try:
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            except Exception as exc:
+                raise GeneratorError(f"generator model {path!r}: cannot load ({exc})") from exc
+            self.model = model.to(device).eval()
+            self.device, self.dtype = device, dtype
+            self._eos_ids = self._find_eos_ids()
+            self._max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        return self
+
+    def _ensure_tokenizer(self) -> None:
+        if self.tokenizer is None:
+            with self._load_lock:
+                if self.tokenizer is None:
+                    self._load_tokenizer(self._model_path())
+
+    def _find_eos_ids(self) -> list[int]:
+        ids: set[int] = set()
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        for value in eos if isinstance(eos, (list, tuple)) else [eos]:
+            if value is not None:
+                ids.add(int(value))
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        return sorted(ids)
+
+    # -- tokens ----------------------------------------------------------------------------
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` by the model's tokenizer (loads the tokenizer on first use)."""
+        self._ensure_tokenizer()
+        with self._tok_lock:
+            return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prompt_ids(self, messages: Sequence[dict]) -> list[int]:
+        """The chat-templated prompt as token ids, ending with the assistant turn's opening."""
+        self._ensure_tokenizer()
+        messages = validate_messages(messages)
+        with self._tok_lock:
+            if getattr(self.tokenizer, "chat_template", None):
+                text = self.tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=False
+                )
+            else:  # base models without a template (gpt2): a plain transcript
+                text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # -- generation ------------------------------------------------------------------------
+    def stream(self, messages: Sequence[dict], **params: Any) -> GenerationStream:
+        """Stream the reply. Params: max_new_tokens, temperature, top_p, stop, repetition_penalty, seed."""
+        self.load()
+        opts = {**self.defaults, **{k: v for k, v in params.items() if v is not None}}
+        prompt = self.prompt_ids(messages)
+        max_new = int(opts["max_new_tokens"])
+        if self._max_positions:
+            room = self._max_positions - len(prompt)
+            if room <= 0:
+                raise GeneratorError(
+                    f"prompt has {len(prompt)} tokens; the model {self.model_id} takes at most "
+                    f"{self._max_positions}"
+                )
+            max_new = min(max_new, room)
+        from bot.generators.decoding import Sampler
+
+        try:
+            sampler = Sampler(
+                temperature=float(opts["temperature"]),
+                top_p=float(opts["top_p"]),
+                repetition_penalty=float(opts["repetition_penalty"]),
+                seed=opts.get("seed"),
+                device=self.device,
+            )
+        except ValueError as exc:
+            raise GeneratorError(f"generator params: {exc}") from exc
+
+        def pieces(handle: GenerationStream) -> Iterator[str]:
+            yield from self._pieces(handle, prompt, max_new, sampler, stop_list(opts.get("stop")))
+
+        return GenerationStream(pieces, self.model_id, on_finish=self._record_usage)
+
+    def _pieces(self, handle, prompt, max_new, sampler, stop) -> Iterator[str]:
+        from bot.generators.decoding import IncrementalDetokenizer, decode_tokens
+
+        handle.usage["prompt_tokens"] = len(prompt)
+        detok = IncrementalDetokenizer(self.tokenizer)
+        matcher = StopMatcher(stop)
+        eos = set(self._eos_ids)
+        tokens = decode_tokens(self.model, prompt, max_new, self._eos_ids, sampler, self._model_lock)
+        try:
+            for token in tokens:
+                handle.usage["completion_tokens"] += 1
+                if token in eos:
+                    handle.finish_reason = "stop"
+                    break
+                with self._tok_lock:
+                    piece = detok.add(token)
+                piece = matcher.feed(piece) if piece else ""
+                if piece:
+                    yield piece
+                if matcher.stopped:
+                    handle.finish_reason = "stop"
+                    return
+            else:
+                handle.finish_reason = "length"
+            with self._tok_lock:
+                tail = matcher.feed(detok.flush())
+            tail += matcher.flush()
+            if tail:
+                yield tail
+        finally:
+            tokens.close()
