@@ -170,7 +170,8 @@ class DialogueManager:
         finished = stored = False
         stream = None
         try:
-            stream = self.generator.stream(messages)
+            # sources: the extractive backend replies from them; model backends ignore it
+            stream = self.generator.stream(messages, sources=selected)
             for piece in stream:
                 if not piece:
                     continue

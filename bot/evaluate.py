@@ -194,7 +194,7 @@ def run_turn(dialogue, turns: Sequence[dict], generate: bool, max_candidates: in
     pieces: list[str] = []
     t0 = time.perf_counter()
     t_first = None
-    stream = dialogue.generator.stream(messages)
+    stream = dialogue.generator.stream(messages, sources=selected)
     for piece in stream:
         if piece and t_first is None:
             t_first = time.perf_counter()

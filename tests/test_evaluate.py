@@ -80,3 +80,97 @@ def test_load_dialogues_names_the_bad_line(tmp_path):
     path.write_text("")
     with pytest.raises(SupportbotError, match="no dialogue instances"):
         load_dialogues(path)
+
+
+# ---- end to end: run_eval and the CLI over a tiny hand-made knowledge base ----------------------
+
+KB = [
+    {"id": "h:1:faq:0", "title": "ALLENBELL", "question": "Is there free parking at the Allenbell?",
+     "answer": "Yes, parking at the Allenbell is free.",
+     "text": "Is there free parking at the Allenbell?\nYes, parking at the Allenbell is free.",
+     "metadata": {"entity_name": "ALLENBELL", "doc_type": "faq"}},
+    {"id": "h:1:faq:1", "title": "ALLENBELL", "question": "Does the Allenbell allow pets?",
+     "answer": "No, pets are not allowed at the Allenbell.",
+     "text": "Does the Allenbell allow pets?\nNo, pets are not allowed at the Allenbell.",
+     "metadata": {"entity_name": "ALLENBELL", "doc_type": "faq"}},
+    {"id": "h:2:faq:0", "title": "HOBSONS HOUSE", "question": "Is breakfast served at Hobsons House?",
+     "answer": "Breakfast is served daily from 7 to 10 at Hobsons House.",
+     "text": "Is breakfast served at Hobsons House?\nBreakfast is served daily from 7 to 10 at Hobsons House.",
+     "metadata": {"entity_name": "HOBSONS HOUSE", "doc_type": "faq"}},
+]
+DIALOGUES = [
+    {"id": "t1", "dialogue": "a", "target": True,
+     "turns": [{"role": "user", "text": "Is there free parking at the Allenbell?"}],
+     "gold_doc_ids": ["h:1:faq:0"], "gold_response": "Yes, parking at the Allenbell is free."},
+    {"id": "t2", "dialogue": "b", "target": True,
+     "turns": [{"role": "user", "text": "I'd like to stay at Hobsons House."},
+               {"role": "agent", "text": "Hobsons House is a lovely guesthouse."},
+               {"role": "user", "text": "Is breakfast served at Hobsons House?"}],
+     "gold_doc_ids": ["h:2:faq:0", "h:1:faq:1"], "gold_response": "Yes, from 7 to 10 every day."},
+    {"id": "n1", "dialogue": "c", "target": False,
+     "turns": [{"role": "user", "text": "Thanks, that is all."}]},
+]
+
+
+@pytest.fixture
+def tiny_split(tmp_path):
+    kb = tmp_path / "kb.jsonl"
+    kb.write_text("".join(json.dumps(d) + "\n" for d in KB))
+    dialogues = tmp_path / "dialogues.jsonl"
+    dialogues.write_text("".join(json.dumps(d) + "\n" for d in DIALOGUES))
+    return kb, dialogues
+
+
+def test_run_eval_end_to_end_with_extractive_replies(settings, tiny_split):
+    from bot.components import Components
+    from bot.evaluate import run_eval
+    from bot.generators import build_generator
+    from retrieval.embedder import HashingEmbedder
+
+    kb, dialogues = tiny_split
+    # Exact-question turns: the top hit is the gold FAQ; one source each, everything answered.
+    settings.dialogue.answer_threshold = 0.0
+    settings.dialogue.clarify_threshold = 0.0
+    settings.dialogue.max_sources = 1
+    settings.generator.backend = "extractive"
+    gen = build_generator(settings.generator, settings.data_dir)
+    comps = Components(settings, embedder=HashingEmbedder(dim=256), generator=gen)
+    report = run_eval(settings, kb, dialogues, progress=False, components=comps, out_of_scope=False)
+    # t1: tp 1; t2: tp 1, fn 1 (the second gold id) -> P 1, R 2/3
+    assert report["n"] == 2 and report["n_instances"] == 3
+    assert report["selection_precision"] == 1.0
+    assert report["selection_recall"] == pytest.approx(2 / 3)
+    assert report["selection_f1"] == pytest.approx(0.8)
+    assert report["recall@5"] == 1.0 and report["mrr"] == 1.0
+    # t1's extractive reply is the gold answer plus " [1]": ROUGE-1 P 7/8 (the citation token "1"
+    # is extra), R 1 -> F 14/15; t2 shares "7", "to", "10" with its gold reply
+    assert report["n_generated"] == 2
+    assert report["rouge1"] > (14 / 15) / 2
+    assert report["model"] == gen.model_id and report["tokens_per_s"] > 0
+    # the non-target turn answered (thresholds are 0): decision accuracy 2/3
+    assert report["decision_accuracy"] == pytest.approx(2 / 3)
+
+
+def test_eval_cli_writes_the_report(tmp_path, tiny_split, monkeypatch):
+    from click.testing import CliRunner
+
+    from bot.cli import main
+
+    kb, dialogues = tiny_split
+    monkeypatch.setenv("SUPPORTBOT_EMBEDDER__MODEL", "hashing")
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(main, ["--data-dir", str(tmp_path / "var"), "eval", "--kb", str(kb),
+                                       "--dialogues", str(dialogues), "--out", str(out), "--no-generate"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    for key in ("n", "selection_precision", "selection_recall", "selection_f1", "recall@5", "mrr", "bleu",
+                "rouge1", "rouge2", "rougeL", "ttft_ms_p50", "tokens_per_s"):
+        assert key in report
+    assert report["n"] == 2 and report["bleu"] is None and report["out_of_scope_n"] == 60
+    assert "selection F1" in result.output and "report written to" in result.output
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"turns": "nope"}\n')
+    result = CliRunner().invoke(main, ["--data-dir", str(tmp_path / "var"), "eval", "--kb", str(kb),
+                                       "--dialogues", str(bad), "--no-generate"])
+    assert result.exit_code != 0 and "bad.jsonl:1" in result.output

@@ -1,0 +1,327 @@
+"""DialogueManager end to end over real parts: the sample FAQ ingested with the hashing embedder,
+the hybrid retriever, the dialogue store (SQLite and PostgreSQL), and either the tiny real GPT
+or a scripted generator where a test needs to control the reply (citations, failures)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.components import Components
+from bot.dialogue import DialogueManager, answer_once
+from bot.errors import NotFound, SupportbotError
+from bot.events import text as joined_text
+from bot.policy import ANSWER, CLARIFY, HANDOFF, decide, select_sources, wants_human
+from bot.settings import DialogueSettings
+from retrieval.embedder import HashingEmbedder
+from retrieval.types import Hit
+
+SAMPLE_FAQ = Path(__file__).resolve().parent.parent / "samples" / "faq"
+REFUND_Q = "How long does a refund take?"
+
+
+class ScriptedGenerator:
+    """Yields fixed pieces (optionally failing after some); records the prompts it was given."""
+
+    model_id = "scripted-v1"
+    tokenizer = None
+
+    def __init__(self, pieces=("Refunds take ", "5 to 7 days ", "[1]."), fail_after: int | None = None):
+        self.pieces = list(pieces)
+        self.fail_after = fail_after
+        self.prompts: list[list[dict]] = []
+        self.closed = 0
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def stream(self, messages, **params):
+        self.prompts.append(messages)
+        try:
+            for i, piece in enumerate(self.pieces):
+                if self.fail_after is not None and i == self.fail_after:
+                    raise RuntimeError("backend exploded")
+                yield piece
+        except GeneratorExit:
+            self.closed += 1
+            raise
+
+
+class SpyRetriever:
+    """The real retriever, recording what it was asked."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.calls: list[dict] = []
+
+    def search(self, query, k=5, filters=None, turns=()):
+        self.calls.append({"query": query, "k": k, "turns": list(turns)})
+        return self.inner.search(query, k=k, filters=filters, turns=turns)
+
+
+def dialogue_settings(**kw) -> DialogueSettings:
+    # Thresholds are set per test: the calibrated defaults belong to the real embedder.
+    base = {"answer_threshold": 0.0, "clarify_threshold": 0.0}
+    return DialogueSettings(**{**base, **kw})
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def comps(request, settings):
+    overrides = {"embedder": HashingEmbedder(dim=256)}
+    if request.param == "postgres":
+        overrides["db"] = request.getfixturevalue("pg_database")
+    c = Components(settings, **overrides)
+    report = c.knowledge.ingest("default", [SAMPLE_FAQ], progress=False)
+    assert report.errors == []
+    return c
+
+
+@pytest.fixture
+def sqlite_comps(settings):
+    c = Components(settings, embedder=HashingEmbedder(dim=256))
+    c.knowledge.ingest("default", [SAMPLE_FAQ], progress=False)
+    return c
+
+
+def manager(comps, generator, retriever=None, **kw) -> DialogueManager:
+    return DialogueManager(comps.conversations, retriever or comps.retriever("default"), generator,
+                           dialogue_settings(**kw))
+
+
+def new_conversation(comps) -> str:
+    return comps.conversations.create(comps.db.bot_id("default"), "visitor")
+
+
+def test_answer_streams_in_order_and_stores_everything(comps):
+    gen = ScriptedGenerator()
+    dm = manager(comps, gen)
+    cid = new_conversation(comps)
+    events = list(dm.respond(cid, REFUND_Q))
+    assert [e.type for e in events] == ["meta", "token", "token", "token", "sources", "done"]
+    meta, done = events[0].data, events[-1].data
+    assert meta["decision"] == ANSWER and meta["conversation_id"] == cid and meta["model"] == "scripted-v1"
+    assert joined_text(events) == "Refunds take 5 to 7 days [1]."
+
+    # the prompt carried the numbered sources and ended with the visitor's message
+    prompt = gen.prompts[0]
+    assert "[1] " in prompt[0]["content"] and prompt[-1] == {"role": "user", "content": REFUND_Q}
+
+    hist = comps.conversations.history(cid)
+    assert [m["role"] for m in hist] == ["user", "bot"]
+    bot = hist[1]
+    assert bot["id"] == meta["message_id"] == done["message_id"]
+    assert bot["text"] == "Refunds take 5 to 7 days [1]." and bot["complete"] is True
+    assert bot["decision"] == ANSWER and bot["model_id"] == "scripted-v1"
+    assert bot["latency_ms"] > 0 and bot["ttft_ms"] is not None and bot["ttft_ms"] <= bot["latency_ms"]
+    assert bot["completion_tokens"] == 7 and bot["prompt_tokens"] > 0
+    assert bot["sources"] == events[-2].data["sources"]
+    assert bot["scores"] and all({"chunk_id", "score", "confidence"} <= set(s) for s in bot["scores"])
+
+
+def test_citations_map_to_real_documents(sqlite_comps):
+    comps = sqlite_comps
+    gen = ScriptedGenerator(pieces=("See ", "[2] and [2]", " but not [9]."))
+    dm = manager(comps, gen, max_sources=3, select_margin=1.0, select_same_entity=False)
+    cid = new_conversation(comps)
+    events = list(dm.respond(cid, "How do I return an item and get a refund?"))
+    sources = events[-2].data["sources"]
+    assert [s["n"] for s in sources] == [2], "only the cited source, under its prompt number"
+    # [2] in the prompt is the same passage the sources event names
+    prompt_lines = gen.prompts[0][0]["content"].split("\n")
+    line2 = next(line for line in prompt_lines if line.startswith("[2] "))
+    chunk = next(h for h in comps.retriever().search("How do I return an item and get a refund?", k=20)
+                 if h.chunk_id == sources[0]["chunk_id"])
+    assert chunk.text.split("\n")[0] in line2
+    docs = {d["id"] for d in comps.knowledge.documents("default")}
+    assert sources[0]["doc_id"] in docs and sources[0]["source"]
+
+
+def test_uncited_answer_lists_every_source_it_was_grounded_in(sqlite_comps):
+    gen = ScriptedGenerator(pieces=("Refunds take a few days.",))
+    dm = manager(sqlite_comps, gen, max_sources=2, select_margin=1.0, select_same_entity=False)
+    events = list(dm.respond(new_conversation(sqlite_comps), REFUND_Q))
+    assert [s["n"] for s in events[-2].data["sources"]] == [1, 2]
+
+
+def test_handoff_when_retrieval_finds_nothing(settings):
+    comps = Components(settings, embedder=HashingEmbedder(dim=256))  # nothing ingested
+    gen = ScriptedGenerator()
+    dm = manager(comps, gen)
+    cid = new_conversation(comps)
+    events = list(dm.respond(cid, REFUND_Q))
+    assert [e.type for e in events] == ["meta", "handoff", "done"]
+    assert events[0].data["decision"] == HANDOFF and events[1].data["reason"] == "no_knowledge"
+    assert "member of our team" in events[1].data["message"]
+    assert gen.prompts == [], "nothing is generated, so nothing can be invented"
+    assert comps.conversations.get(cid)["status"] == "handed_off"
+    assert [h["reason"] for h in comps.conversations.handoffs(cid)] == ["no_knowledge"]
+    assert comps.conversations.history(cid)[1]["text"] == events[1].data["message"]
+
+
+def test_low_confidence_hands_off(sqlite_comps):
+    gen = ScriptedGenerator()
+    dm = manager(sqlite_comps, gen, answer_threshold=1.01, clarify_threshold=1.01)
+    cid = new_conversation(sqlite_comps)
+    events = list(dm.respond(cid, "What's the weather in Paris tomorrow?"))
+    assert [e.type for e in events] == ["meta", "handoff", "done"]
+    assert events[1].data["reason"] == "low_confidence" and gen.prompts == []
+    assert sqlite_comps.conversations.handoffs(cid)[0]["reason"] == "low_confidence"
+
+
+def test_visitor_asking_for_a_person_is_handed_off(sqlite_comps):
+    dm = manager(sqlite_comps, ScriptedGenerator())
+    cid = new_conversation(sqlite_comps)
+    events = list(dm.respond(cid, "Can I talk to a real person please?"))
+    assert events[1].type == "handoff" and events[1].data["reason"] == "requested"
+    assert sqlite_comps.conversations.get(cid)["status"] == "handed_off"
+
+
+def test_clarify_offers_topics_without_generating(sqlite_comps):
+    gen = ScriptedGenerator()
+    dm = manager(sqlite_comps, gen, answer_threshold=1.01, clarify_threshold=0.0)
+    cid = new_conversation(sqlite_comps)
+    events = list(dm.respond(cid, "refund"))
+    assert [e.type for e in events] == ["meta", "token", "sources", "done"]
+    assert events[0].data["decision"] == CLARIFY and gen.prompts == []
+    offered = events[2].data["sources"]
+    assert 1 <= len(offered) <= 2
+    assert events[1].data["text"].startswith("I'm not sure I understood. Are you asking about \u201c")
+    assert sqlite_comps.conversations.get(cid)["status"] == "open"
+
+
+def test_generation_error_ends_with_error_event_and_partial_reply_stored(sqlite_comps):
+    gen = ScriptedGenerator(pieces=("Refunds ", "take ", "days"), fail_after=2)
+    dm = manager(sqlite_comps, gen)
+    cid = new_conversation(sqlite_comps)
+    events = list(dm.respond(cid, REFUND_Q))
+    assert [e.type for e in events] == ["meta", "token", "token", "error"]
+    assert "backend exploded" not in events[-1].data["message"], "no internals to the visitor"
+    bot = sqlite_comps.conversations.history(cid)[1]
+    assert bot["text"] == "Refunds take " and bot["complete"] is False
+
+
+def test_client_going_away_stops_generation_and_keeps_the_partial_reply(sqlite_comps):
+    gen = ScriptedGenerator(pieces=("one ", "two ", "three "))
+    dm = manager(sqlite_comps, gen)
+    cid = new_conversation(sqlite_comps)
+    stream = dm.respond(cid, REFUND_Q)
+    assert next(stream).type == "meta"
+    assert next(stream).data["text"] == "one "
+    stream.close()  # what the web server does when the visitor disconnects
+    assert gen.closed == 1
+    bot = sqlite_comps.conversations.history(cid)[1]
+    assert bot["text"] == "one " and bot["complete"] is False
+
+
+def test_conversation_is_used_for_retrieval_and_history_is_trimmed(sqlite_comps):
+    comps = sqlite_comps
+    gen = ScriptedGenerator(pieces=("ok",))
+    spy = SpyRetriever(comps.retriever("default"))
+    dm = manager(comps, gen, retriever=spy, history_tokens=6)
+    cid = new_conversation(comps)
+    list(dm.respond(cid, "I want to return a jacket I bought last month"))
+    list(dm.respond(cid, "how long does the refund take?"))
+    assert spy.calls[0]["turns"] == []
+    assert spy.calls[1]["turns"] == [
+        {"role": "user", "text": "I want to return a jacket I bought last month"},
+        {"role": "agent", "text": "ok"},
+    ]
+    # 6 tokens (the scripted generator counts words): the 10-word first message is dropped,
+    # the one-word reply is kept
+    second = gen.prompts[1]
+    assert [m["role"] for m in second] == ["system", "assistant", "user"]
+    assert second[1]["content"] == "ok" and second[2]["content"] == "how long does the refund take?"
+
+
+def test_bad_requests_raise_before_anything_is_stored(sqlite_comps):
+    dm = manager(sqlite_comps, ScriptedGenerator())
+    cid = new_conversation(sqlite_comps)
+    with pytest.raises(NotFound):
+        dm.respond("no-such-conversation", "hi")
+    with pytest.raises(SupportbotError, match="empty"):
+        dm.respond(cid, "   ")
+    with pytest.raises(SupportbotError, match="too long"):
+        dm.respond(cid, "x" * 5000)
+    assert sqlite_comps.conversations.history(cid) == []
+
+
+def test_broken_retriever_hands_off_instead_of_crashing(sqlite_comps):
+    class Broken:
+        def search(self, *a, **kw):
+            raise OSError("index file vanished")
+
+    dm = manager(sqlite_comps, ScriptedGenerator(), retriever=Broken())
+    cid = new_conversation(sqlite_comps)
+    events = list(dm.respond(cid, REFUND_Q))
+    assert [e.type for e in events] == ["meta", "handoff", "done"]
+    assert events[1].data["reason"] == "retrieval_error"
+
+
+def test_answer_once_with_components(sqlite_comps, settings):
+    sqlite_comps._overrides["generator"] = ScriptedGenerator()
+    settings.dialogue.answer_threshold = 0.0
+    events = list(answer_once(sqlite_comps, None, REFUND_Q))
+    assert events[0].type == "meta" and events[-1].type == "done"
+    assert joined_text(events).endswith("[1].")
+
+
+# ---- the policy alone -----------------------------------------------------------------------
+
+
+def hit(i, score, conf, entity="A") -> Hit:
+    return Hit(chunk_id=i, doc_id=f"d{i}", title=entity, text=f"t{i}", score=score, confidence=conf,
+               metadata={"entity_name": entity})
+
+
+def test_decide_thresholds():
+    s = DialogueSettings(answer_threshold=0.6, clarify_threshold=0.3)
+    assert decide("q", [hit(1, 2.0, 0.7)], s).action == ANSWER
+    assert decide("q", [hit(1, 2.0, 0.45)], s).action == CLARIFY
+    assert decide("q", [hit(1, 2.0, 0.1)], s).action == HANDOFF
+    assert decide("q", [], s).reason == "no_knowledge"
+    assert decide("please transfer me to an agent", [hit(1, 2.0, 0.99)], s).reason == "requested"
+
+
+def test_select_sources_margin_entity_and_cap():
+    hits = [hit(1, 3.0, 0.9), hit(2, 2.8, 0.8), hit(3, 2.6, 0.7, entity="B"), hit(4, 1.0, 0.2),
+            hit(5, 0.0, 0.1)]
+    s = DialogueSettings(select_margin=0.3, select_same_entity=True, max_sources=4)
+    # spread 3.0, floor 3.0 - 0.9 = 2.1: hits 1-3 qualify, 3 is another entity
+    assert [h.chunk_id for h in select_sources(hits, s)] == [1, 2]
+    s2 = DialogueSettings(select_margin=0.3, select_same_entity=False, max_sources=2)
+    assert [h.chunk_id for h in select_sources(hits, s2)] == [1, 2]
+    s3 = DialogueSettings(select_margin=1.0, select_same_entity=False, max_sources=10,
+                          select_min_confidence=0.15)
+    assert [h.chunk_id for h in select_sources(hits, s3)] == [1, 2, 3, 4]
+    assert select_sources([], s) == []
+
+
+def test_wants_human():
+    assert wants_human("Can I speak with a human?")
+    assert wants_human("connect me to a live agent")
+    assert not wants_human("How do I contact the carrier about my parcel?")
+
+
+def test_real_tiny_gpt_streams_and_its_usage_is_stored(sqlite_comps, tiny_lm_dir, settings):
+    from bot.generators import build_generator
+
+    gen_settings = settings.generator.model_copy(
+        update={"backend": "hf", "model": str(tiny_lm_dir), "max_new_tokens": 12, "device": "cpu"}
+    )
+    gen = build_generator(gen_settings, settings.data_dir).load()
+    dm = manager(sqlite_comps, gen, history_tokens=64)
+    cid = new_conversation(sqlite_comps)
+    events = list(dm.respond(cid, REFUND_Q))
+    types = [e.type for e in events]
+    assert types[0] == "meta" and types[-2:] == ["sources", "done"] and "token" in types
+    assert set(types[1:-2]) == {"token"}
+    bot = sqlite_comps.conversations.history(cid)[1]
+    assert bot["text"] == joined_text(events) and bot["complete"] is True
+    assert 1 <= bot["completion_tokens"] <= 12
+    # the prompt tokens are the chat-templated prompt, counted by the model's own tokenizer
+    rendered = gen.tokenizer.apply_chat_template(
+        dm.prompt(REFUND_Q, select_sources(dm.retrieve(REFUND_Q, []), dm.settings), []),
+        tokenize=False, add_generation_prompt=True,
+    )
+    assert bot["prompt_tokens"] == len(gen.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+    assert bot["model_id"] == gen.model_id
