@@ -325,3 +325,29 @@ def test_real_tiny_gpt_streams_and_its_usage_is_stored(sqlite_comps, tiny_lm_dir
     )
     assert bot["prompt_tokens"] == len(gen.tokenizer(rendered, add_special_tokens=False)["input_ids"])
     assert bot["model_id"] == gen.model_id
+
+
+def test_chat_cli_streams_answers_with_sources(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from bot.cli import main
+
+    monkeypatch.setenv("SUPPORTBOT_EMBEDDER__MODEL", "hashing")
+    monkeypatch.setenv("SUPPORTBOT_GENERATOR__BACKEND", "extractive")
+    monkeypatch.setenv("SUPPORTBOT_DIALOGUE__ANSWER_THRESHOLD", "0")
+    monkeypatch.setenv("SUPPORTBOT_DIALOGUE__CLARIFY_THRESHOLD", "0")
+    data = ["--data-dir", str(tmp_path / "var")]
+    runner = CliRunner()
+    assert runner.invoke(main, data + ["ingest", str(SAMPLE_FAQ)]).exit_code == 0
+    result = runner.invoke(main, data + ["chat"], input=f"{REFUND_Q}\nI want to talk to a person\n/quit\n")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "[1]" in out and "(" in out.split("[1]", 2)[-1], "an answer citing [1] and the source listed"
+    assert "member of our team" in out, "the request for a person is handed off"
+
+    from bot.components import Components
+    from bot.settings import Settings
+
+    comps = Components(Settings(data_dir=tmp_path / "var"))
+    convs = comps.conversations.list(comps.db.bot_id("default"))
+    assert len(convs) == 1 and convs[0]["status"] == "handed_off" and convs[0]["message_count"] == 4
