@@ -6,7 +6,7 @@ conversation -> LoRA training with dev loss -> merged export with a card. Prints
 the untuned model (the baseline, measured in the same process at step 0) and after training, as
 a ratio, plus training throughput. Not part of the test suite.
 
-    nice python bench/finetune_cpu.py --conversations 150 --max-steps 40
+    nice python bench/finetune_cpu.py --conversations 150 --max-steps 30
 
 Figures depend on the machine (a shared 2-core CPU here); the GPU run is bench/finetune_gpu.sh.
 """
@@ -38,10 +38,11 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("var/bench-finetune"))
     ap.add_argument("--conversations", type=int, default=150, help="dialogue groups taken from the train file")
     ap.add_argument("--dev-fraction", type=float, default=0.2)
-    ap.add_argument("--max-steps", type=int, default=40)
+    ap.add_argument("--dev-examples", type=int, default=48, help="cap on dev examples (dev loss cost on a CPU)")
+    ap.add_argument("--max-steps", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--eval-every", type=int, default=15)
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--method", choices=["lora", "full"], default="lora")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -71,6 +72,7 @@ def main() -> None:
         lambda text: len(tok(text, add_special_tokens=False)["input_ids"]), stats,
     ))
     train, dev = split_by_conversation(examples, args.dev_fraction, seed=0)
+    dev = dev[: args.dev_examples]
     ds = args.work / "dataset"
     info = write_dataset(ds, train, dev, {"sources": "gold", "pii": dict(report.pii), "import": report.to_json(),
                                           "builder": dict(stats)})

@@ -1,6 +1,7 @@
 """Training commands: import-transcripts, build-dataset, train, promote, models."""
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -199,6 +200,8 @@ def train(ctx, dataset, base, out, method, epochs, max_steps, lr, batch_size, gr
         keep_checkpoints=keep_checkpoints, method=method, epochs=epochs, max_steps=max_steps, lr=lr,
         batch_size=batch_size, grad_accum=grad_accum, eval_every=eval_every, patience=patience, seed=seed,
     )
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun / accelerate launch, one process reports
     m = card["metrics"]
     dev = (f"dev loss {m['dev_loss_before']:.4f} -> {m['dev_loss_best']:.4f} (best)"
            if m["dev_loss_before"] is not None else "no dev split")

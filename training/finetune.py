@@ -145,4 +145,5 @@ def finetune(
             shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
             (out_dir / "best.pt").unlink(missing_ok=True)
     acc.wait_for_everyone()
+    trainer.close()
     return card

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -97,6 +98,8 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.should_stop = False
         self.accelerator = Accelerator(
+            # Several processes and no GPU (torchrun on CPUs): accelerate needs cpu=True for gloo DDP.
+            cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
             gradient_accumulation_steps=config.grad_accum,
             mixed_precision=_mixed_precision(config.mixed_precision),
             log_with="tensorboard",
@@ -280,8 +283,13 @@ class Trainer:
             self._after_eval(self.evaluate())
         if s["step"] % checkpoint_every:
             self.save_checkpoint()
-        acc.end_training()
+        for tracker in acc.trackers:  # flush TensorBoard; the process group stays up for export
+            tracker.finish()
         return self.metrics()
+
+    def close(self) -> None:
+        """End the run: trackers and, when distributed, the process group (call after exporting)."""
+        self.accelerator.end_training()
 
     def metrics(self) -> dict[str, Any]:
         s = self.state
