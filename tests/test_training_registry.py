@@ -159,3 +159,20 @@ def test_following_generator_polls_at_most_every_interval(tmp_path, monkeypatch)
     for _ in range(5):
         "".join(gen.stream([]))
     assert len(calls) == 1
+
+
+def test_following_generator_on_the_hf_backend(tiny_lm_dir, settings, tmp_path):
+    from tiny_models import build_tiny_causal_lm
+
+    from training.registry import following_generator
+
+    gs = settings.generator.model_copy(update={"model": str(tiny_lm_dir), "device": "cpu",
+                                               "dtype": "float32", "max_new_tokens": 6})
+    gen = following_generator(gs, settings.data_dir, poll_interval_s=0)
+    messages = [{"role": "user", "content": "Is parking free?"}]
+    assert "".join(gen.stream(messages)) and gen.model_id == str(tiny_lm_dir)
+    other = build_tiny_causal_lm(tmp_path / "other", seed=1)
+    ModelRegistry(settings.data_dir).set_current(other)
+    stream = gen.stream(messages)
+    assert "".join(stream) and stream.usage["completion_tokens"] > 0  # the backend's own stream
+    assert gen.version == 1 and gen.model_id == str((settings.data_dir / "models" / "other").resolve())

@@ -95,8 +95,11 @@ class ModelRegistry:
     def resolve(self, candidate: str | Path) -> Path:
         """A model folder given as a path or as a name under ``models/``; it must hold a config.json."""
         for path in (Path(candidate), self.root / str(candidate)):
-            if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
+            if (path / "config.json").is_file():
                 return path.resolve()
+            if (path / "adapter_config.json").is_file():
+                raise SupportbotError(f"{path}: a LoRA adapter alone; the hf backend serves merged "
+                                      "models (train without --no-merge)")
         raise NotFound(f"{candidate}: not a model folder (no config.json), nor a model under {self.root}")
 
     def install(self, folder: Path, name: str | None = None) -> Path:
@@ -202,8 +205,8 @@ class FollowingGenerator:
         self._maybe_swap()
 
     def stream(self, messages, **params) -> Iterator[str]:
-        inner = self._maybe_swap()
-        yield from inner.stream(messages, **params)
+        # The inner backend's own stream object (usage, finish_reason, ...), bound to its model.
+        return self._maybe_swap().stream(messages, **params)
 
     @property
     def model_id(self) -> str:
