@@ -134,6 +134,13 @@ def test_finetune_exports_a_loadable_model_with_a_card(tiny_lm_dir, tmp_path):
         loss = model(**batch).loss.item()
     assert loss == pytest.approx(card["metrics"]["dev_loss_best"], rel=1e-3)
 
+    # ... and the serving backend streams from it as it is.
+    from bot.generators.hf_generator import HFGenerator
+
+    gen = HFGenerator(out, device="cpu", dtype="float32", max_new_tokens=8)
+    stream = gen.stream(examples[10].messages)
+    assert "".join(stream) and stream.usage["completion_tokens"] > 0
+
 
 def test_missing_dataset_is_a_clear_error(tiny_lm_dir, tmp_path):
     from bot.errors import SupportbotError
