@@ -27,7 +27,9 @@ class ScriptedEval:
     def __init__(self, table):
         self.table, self.calls = table, []
 
-    def __call__(self, settings, kb, dialogues, model=None, limit=None, progress=True, components=None):
+    def __call__(self, settings, kb, dialogues, model=None, limit=None, progress=True, components=None,
+                 backend=None):
+        assert backend == ("hf" if model else None)
         self.calls.append((model, str(kb), str(dialogues), limit))
         key = model.rsplit("/", 1)[-1] if model else None
         return {"n": 10, "bleu": 0.1, **self.table[key]}
