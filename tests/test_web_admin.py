@@ -1,6 +1,7 @@
 """The admin console and the admin CLI: uploads, documents, keys, conversations."""
 from __future__ import annotations
 
+import html
 import io
 import re
 
@@ -122,7 +123,7 @@ def test_conversations_show_sources_and_feedback(app, admin, client, components)
     assert "How much does shipping cost?" in detail
     assert "spot on" in detail
     title = next(d["sources"] for _, t, d in events if t == "sources")[0]["title"]
-    assert title in detail
+    assert html.escape(title) in detail
     token = csrf_of(admin.get(f"/admin/conversations/{v.conversation}"))
     admin.post(f"/admin/conversations/{v.conversation}/status", data={"status": "resolved", "csrf_token": token})
     assert components.conversations.get(v.conversation)["status"] == "resolved"

@@ -218,7 +218,7 @@ def test_openai_compatible_streaming(app, client):
 
     _, secret = app.extensions["supportbot"].api_keys.create("default")
     r = client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"},
-                    json={"stream": True, "messages": [{"role": "user", "content": "Can I return used gear?"}]})
+                    json={"stream": True, "messages": [{"role": "user", "content": "How do I start a return?"}]})
     assert r.status_code == 200 and r.mimetype == "text/event-stream"
     lines = [l[6:] for l in r.get_data(as_text=True).split("\n") if l.startswith("data: ")]
     assert lines[-1] == "[DONE]"

@@ -286,7 +286,7 @@ def test_oversized_upload_is_refused_and_loses_nothing(tmp_path):
     client = app.test_client()
     client.post("/admin/login", data={"username": "alice", "password": "correct horse battery"})
     before = comps.knowledge.documents("default")
-    big = io.BytesIO(b"# Big\n\n" + b"word " * 10_000)
+    big = io.BytesIO(b"# Big\n\n" + b"word " * 40_000)  # 200 kB
     r = client.post("/admin/documents/upload", data={"files": (big, "big.md")},
                     headers={"X-Requested-With": "fetch"}, content_type="multipart/form-data")
     assert r.status_code == 413
@@ -382,3 +382,23 @@ def test_bad_origins_are_refused(raw):
 
     with pytest.raises(SupportbotError, match="not an origin"):
         normalize_origin(raw)
+
+
+def test_file_over_the_upload_limit_is_refused_by_name(tmp_path):
+    """A file just over the limit that still fits the request envelope is refused on its own."""
+    from web import create_app
+    from web.auth import create_user
+
+    settings = make_settings(tmp_path, max_upload_mb=0.01)  # 10 kB; the request may be a bit larger
+    comps = make_components(settings, ingest=False)
+    app = create_app(settings, comps)
+    create_user(comps.db, "alice", "correct horse battery")
+    app.config["WTF_CSRF_ENABLED"] = False
+    client = app.test_client()
+    client.post("/admin/login", data={"username": "alice", "password": "correct horse battery"})
+    r = client.post("/admin/documents/upload", data={"files": (io.BytesIO(b"x" * 12_000), "notes.txt")},
+                    headers={"X-Requested-With": "fetch"}, content_type="multipart/form-data")
+    assert r.status_code == 413
+    assert r.get_json()["files"][0]["errors"] == ["notes.txt: larger than the 0.01 MB upload limit"]
+    assert comps.knowledge.documents("default") == []
+    comps.db.dispose()

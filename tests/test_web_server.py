@@ -39,9 +39,9 @@ def test_serve_demo_streams_an_answer(tmp_path, worker_class):
         deadline = time.time() + 90
         while True:
             try:
-                if requests.get(base + "/healthz", timeout=1).status_code == 200:
+                if requests.get(base + "/healthz", timeout=5).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or a worker still starting
                 pass
             assert proc.poll() is None, proc.stdout.read()
             assert time.time() < deadline, "server did not come up"

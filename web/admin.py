@@ -12,7 +12,7 @@ from pathlib import PurePosixPath
 from flask import Blueprint, flash, g, jsonify, redirect, render_template, request, session, url_for
 from sqlalchemy import select
 
-from bot.errors import NotFound, SupportbotError, UnsupportedFileType
+from bot.errors import FileTooLarge, NotFound, SupportbotError, UnsupportedFileType
 from bot.store.models import Bot
 from web.auth import login_required
 from web.context import web
@@ -83,6 +83,9 @@ def _ingest_one(storage) -> dict:
         if PurePosixPath(name).suffix.lower() not in _suffixes():
             raise UnsupportedFileType(name, f"unsupported file type; supported: {', '.join(_suffixes())}")
         data = storage.read()
+        limit_mb = web().settings.web.max_upload_mb
+        if len(data) > limit_mb * 1_000_000:
+            raise FileTooLarge(name, f"larger than the {limit_mb:g} MB upload limit")
         if not data:
             raise SupportbotError(f"{name}: the file is empty")
         report = web().components.knowledge.ingest_bytes(g.bot, name, data)

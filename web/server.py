@@ -51,6 +51,9 @@ def gunicorn_options(ws: WebSettings, access_log: bool = False) -> dict[str, Any
         "accesslog": "-" if access_log else None,
         "errorlog": "-",
         "loglevel": "info",
+        # gunicorn's control socket lives at one fixed path per user; several servers (workers of
+        # different bots, tests, the benchmark) would fight over it, and nothing here uses it.
+        "control_socket_disable": True,
     }
     return options
 
