@@ -85,7 +85,7 @@ FAQ_IN_SCOPE = [
 SELECTION_GRID = {
     "select_margin": [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0],
     "select_same_entity": [True, False],
-    "select_min_confidence": [0.0, 0.05, 0.1, 0.2, 0.3],
+    "select_min_confidence": [0.0, 0.1, 0.3],
     "max_sources": [1, 2, 3, 4, 5, 6, 8],
 }
 THRESHOLDS = [round(x, 3) for x in np.arange(0.0, 1.0001, 0.025)]
@@ -134,12 +134,16 @@ def single_cases(questions, group: str) -> list[dict]:
     return [{"group": group, "turns": [{"role": "user", "text": q}], "gold": [], "target": False} for q in questions]
 
 
-def selection_prf(cases, settings: DialogueSettings) -> tuple[float, float, float]:
+def selection_prf(cases, settings: DialogueSettings, selector=None) -> tuple[float, float, float]:
     tp = fp = fn = 0
     for c in cases:
         if not c["target"]:
             continue
-        pred = [h.doc_id for h in select_sources(c["hits"], settings)]
+        if selector is not None:
+            chosen = selector.select(c["turns"][-1]["text"], c["hits"], settings.max_sources)
+        else:
+            chosen = select_sources(c["hits"], settings)
+        pred = [h.doc_id for h in chosen]
         a, b, d = selection_counts(c["gold"], pred)
         tp, fp, fn = tp + a, fp + b, fn + d
     p = tp / (tp + fp) if tp + fp else 0.0
@@ -201,6 +205,9 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=Path("var"), help="scratch data dir (KB caches)")
     args = ap.parse_args()
     t0 = time.perf_counter()
+    import torch
+
+    torch.set_num_threads(1)  # two threads thrash on a shared 2-core machine
     settings = Settings(data_dir=args.data_dir)
     k = settings.dialogue.candidates
     oos = out_of_scope_questions()
@@ -219,12 +226,28 @@ def main() -> None:
     )
 
     sel_params, sel_tune = tune_selection(tune)
+    sel_params["selector"] = ""
+    # The learned selector (bench/train_selector.py), when one is bundled for this embedder.
+    from bot.selector import load_selector
+
+    learned = load_selector("auto", dstc.embedder)
+    learned_figs = {}
+    if learned is not None:
+        for m in SELECTION_GRID["max_sources"]:
+            prf = selection_prf(tune, DialogueSettings(max_sources=m), learned)
+            learned_figs[m] = prf
+        m_best = max(learned_figs, key=lambda m: learned_figs[m][2])
+        if learned_figs[m_best][2] > sel_tune[2]:
+            sel_params = {**sel_params, "selector": "auto", "max_sources": m_best}
+            sel_tune = learned_figs[m_best]
     base = DialogueSettings(**sel_params)
+    chosen_selector = load_selector(base.selector, dstc.embedder)
     utility, answer_t, clarify_t = tune_thresholds(tune + shared, base)
     chosen = base.model_copy(update={"answer_threshold": answer_t, "clarify_threshold": clarify_t})
-    sel_report = selection_prf(report, chosen)
-    # the default rule before calibration, for comparison in the same run
-    sel_default = selection_prf(report, DialogueSettings())
+    sel_report = selection_prf(report, chosen, chosen_selector)
+    # the uncalibrated rule, for comparison in the same run
+    sel_default = selection_prf(report, DialogueSettings(select_margin=0.3, select_same_entity=True,
+                                                         select_min_confidence=0.0, max_sources=4))
 
     def fig(prf):
         return {"precision": round(prf[0], 4), "recall": round(prf[1], 4), "f1": round(prf[2], 4)}
@@ -237,7 +260,8 @@ def main() -> None:
                     f"+ out-of-scope ({len(oos)} x 2 bots)",
         "reported_on": f"dstc11 {args.report} ({len(report)} turns)",
         "selection": {**sel_params, "tune": fig(sel_tune), "report": fig(sel_report),
-                      "report_with_uncalibrated_defaults": fig(sel_default)},
+                      "report_rule_margin0.3_max4": fig(sel_default),
+                      "learned_tune_by_max_sources": {m: fig(v) for m, v in learned_figs.items()}},
         "thresholds": {"answer_threshold": answer_t, "clarify_threshold": clarify_t,
                        "tune_mean_utility": round(utility, 4)},
         "decisions_report_dstc11": dec(report),

@@ -37,24 +37,33 @@ from bot.settings import Settings  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 
 
-def candidate_sets(retriever, embedder, rows, settings) -> list[dict]:
+def chunk_vectors(db) -> dict[int, np.ndarray]:
+    """The stored (normalised) embedding of every chunk: no re-embedding of passages."""
+    from sqlalchemy import select
+
+    from bot.store.models import Chunk
+
+    with db.session() as s:
+        return {cid: np.frombuffer(blob, dtype=np.float32) for cid, blob in
+                s.execute(select(Chunk.id, Chunk.embedding).where(Chunk.embedding.is_not(None)))}
+
+
+def candidate_sets(retriever, embedder, vectors, rows, settings) -> list[dict]:
     """Per knowledge-seeking turn: hits, features and labels."""
     from tqdm import tqdm
 
     k, context = settings.dialogue.candidates, settings.dialogue.context_turns
-    cache: dict[int, np.ndarray] = {}
+    rows = [r for r in rows if r["target"]]
+    queries = embedder.embed([r["turns"][-1]["text"] for r in rows])  # one batch
     out = []
-    for r in tqdm([r for r in rows if r["target"]], desc="candidates", unit="turn"):
+    for r, qvec in tqdm(list(zip(rows, queries)), desc="candidates", unit="turn"):
         turns = r["turns"]
         hits = retriever.search(turns[-1]["text"], k=k, turns=turns[:-1][-context:] if context else [])
         if not hits:
             continue
-        missing = [h for h in hits if h.chunk_id not in cache]
-        if missing:
-            for h, v in zip(missing, embedder.embed([h.text for h in missing])):
-                cache[h.chunk_id] = v
-        qvec = embedder.embed([turns[-1]["text"]])[0]
-        X = features(qvec, np.vstack([cache[h.chunk_id] for h in hits]), hits, k)
+        hvecs = np.vstack([vectors.get(h.chunk_id) if h.chunk_id in vectors else embedder.embed([h.text])[0]
+                           for h in hits])
+        X = features(qvec, hvecs, hits, k)
         gold = set(r["gold_doc_ids"])
         y = np.array([h.doc_id in gold for h in hits], dtype=np.float32)
         out.append({"dialogue": r.get("dialogue", r["id"]), "hits": hits, "X": X, "y": y,
@@ -98,15 +107,17 @@ def main() -> None:
     t0 = time.perf_counter()
     random.seed(args.seed)
     torch.manual_seed(args.seed)
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # One thread: on a shared 2-core machine two torch threads thrash (measured 16x slower encodes).
+    torch.set_num_threads(1)
 
     from retrieval.evaluate import prepare_kb
 
     settings = Settings(data_dir=args.data_dir)
     kb = prepare_kb(args.data / "kb.jsonl", settings, progress=True)
     retriever, embedder = kb.components.retriever(kb.bot), kb.components.embedder
-    train_all = candidate_sets(retriever, embedder, load_dialogues(args.data / args.train), settings)
-    report = candidate_sets(retriever, embedder, load_dialogues(args.data / args.report), settings)
+    vectors = chunk_vectors(kb.components.db)
+    train_all = candidate_sets(retriever, embedder, vectors, load_dialogues(args.data / args.train), settings)
+    report = candidate_sets(retriever, embedder, vectors, load_dialogues(args.data / args.report), settings)
 
     dialogues = sorted({s["dialogue"] for s in train_all})
     random.Random(args.seed).shuffle(dialogues)

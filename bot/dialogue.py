@@ -57,9 +57,9 @@ class DialogueManager:
         self.settings = settings
         self.selector = None
         if settings.selector:
-            from bot.selector import LearnedSelector
+            from bot.selector import load_selector
 
-            self.selector = LearnedSelector.load(settings.selector, getattr(retriever, "embedder", None))
+            self.selector = load_selector(settings.selector, getattr(retriever, "embedder", None))
 
     # -- the parts, usable alone (evaluation runs them without storing) ------------------------
     def retrieve(self, message: str, turns: Sequence[dict]) -> list[Hit]:

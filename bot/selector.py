@@ -119,3 +119,24 @@ class LearnedSelector:
         order = order[:max_sources]
         # Keep the retriever's order among the chosen: the best-ranked passage stays [1].
         return [hits[i] for i in sorted(order)]
+
+
+def load_selector(name: str, embedder) -> LearnedSelector | None:
+    """The selector named by ``dialogue.selector``: ``""`` none (the rule), ``"auto"`` the bundled
+    one when it was trained for this embedder (else none), a bundled name or a path (strict:
+    a wrong embedder is a ConfigError)."""
+    if not name:
+        return None
+    if name == "auto":
+        path = BUNDLED["dstc11"]
+        if embedder is None or not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                trained_for = json.loads(str(data["meta"])).get("embedder")
+        except (OSError, KeyError, ValueError):
+            return None
+        if trained_for != getattr(embedder, "model_id", None):
+            return None
+        name = "dstc11"
+    return LearnedSelector.load(name, embedder)

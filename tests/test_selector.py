@@ -77,3 +77,15 @@ def test_bundled_selector_is_readable():
         meta = json.loads(str(data["meta"]))
         assert data["w1"].shape[0] == 2 * 384 + N_SCALAR
     assert meta["feature_version"] == FEATURE_VERSION and 0 < meta["threshold"] < 1
+
+
+def test_auto_uses_the_bundled_selector_only_for_its_embedder(tmp_path):
+    from bot.selector import load_selector
+
+    assert load_selector("", HashingEmbedder(DIM)) is None
+    assert load_selector("auto", HashingEmbedder(DIM)) is None  # trained for MiniLM, not this one
+    assert load_selector("auto", None) is None
+    path = write_selector(tmp_path / "s.npz", HashingEmbedder(DIM))
+    assert isinstance(load_selector(str(path), HashingEmbedder(DIM)), LearnedSelector)
+    with pytest.raises(ConfigError):
+        load_selector(str(path), HashingEmbedder(32))
