@@ -6,7 +6,7 @@ conversation -> LoRA training with dev loss -> merged export with a card. Prints
 the untuned model (the baseline, measured in the same process at step 0) and after training, as
 a ratio, plus training throughput. Not part of the test suite.
 
-    nice python bench/finetune_cpu.py --conversations 150 --max-steps 30
+    nice python bench/finetune_cpu.py --conversations 150 --max-steps 16
 
 Figures depend on the machine (a shared 2-core CPU here); the GPU run is bench/finetune_gpu.sh.
 """
@@ -38,14 +38,16 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("var/bench-finetune"))
     ap.add_argument("--conversations", type=int, default=150, help="dialogue groups taken from the train file")
     ap.add_argument("--dev-fraction", type=float, default=0.2)
-    ap.add_argument("--dev-examples", type=int, default=48, help="cap on dev examples (dev loss cost on a CPU)")
-    ap.add_argument("--max-steps", type=int, default=30)
-    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--dev-examples", type=int, default=16, help="cap on dev examples (dev loss cost on a CPU)")
+    ap.add_argument("--max-steps", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--eval-every", type=int, default=15)
-    ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--eval-every", type=int, default=8)
+    ap.add_argument("--max-length", type=int, default=384)
     ap.add_argument("--method", choices=["lora", "full"], default="lora")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--history-tokens", type=int, default=128, help="history budget in prompts (serving: 384)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads; 1 is fastest on a CPU shared with other jobs (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
         import torch
@@ -53,6 +55,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     settings = Settings(data_dir=args.work / "var")
+    settings.dialogue.history_tokens = args.history_tokens
     t0 = time.perf_counter()
     transcripts, report = import_transcripts([args.data / "dialogues_train.jsonl"], PIIScrubber())
     groups: list[str] = []

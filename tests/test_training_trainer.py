@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bot.prompting import build_messages
-from bot.settings import DialogueSettings, TrainingSettings
+from bot.settings import TrainingSettings
 from training.finetune import finetune, load_model
 from training.sft_dataset import Collator, SFTData, SFTExample, write_dataset
 from training.trainer import TrainConfig, Trainer

@@ -201,7 +201,7 @@ def read_store(db, bot: str) -> Iterator[Transcript]:
     """
     from sqlalchemy import select
 
-    from bot.store.models import Bot, Conversation, Feedback, Message
+    from bot.store.models import Bot, Conversation, Feedback
 
     with db.session() as s:
         bot_id = s.scalar(select(Bot.id).where(Bot.name == bot))
