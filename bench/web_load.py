@@ -3,10 +3,12 @@
 Starts the real server (gunicorn, the real app, SQLite, the hashing embedder, the sample FAQ) on
 127.0.0.1 with a scripted generator (``--tokens`` pieces, ``--token-delay`` apart) so the server,
 not a model, is measured. Then, for N in ``--levels``: N visitors each open a session and a
-conversation, and at one signal all post a message and read the streamed answer to its ``done``
-event. Reports, per worker class, the largest N held with zero errors and the p50/p95 time to
-first event (the ``meta`` event: stored user message + retrieval + decision). The first worker
-class is the baseline of the ratios printed at the end (same run, same machine).
+conversation; then each posts a message at a random moment within ``--ramp`` seconds and reads
+the streamed answer to its ``done`` event. Answers last longer than the ramp, so all N streams
+are open at once (``peak_open`` counts them from the client side). Reports, per worker class,
+the largest N held with zero errors and the p50/p95 time to first event (the ``meta`` event:
+stored user message, retrieval, decision). The first worker class is the baseline of the ratios
+printed at the end (same run, same machine).
 
 The client is a small asyncio HTTP/1.1 client (one connection per visitor), so one client
 process can hold thousands of streams without threads.
@@ -20,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import resource
 import signal
 import socket
@@ -163,7 +166,8 @@ class Visitor:
         c = await call_json(self.reader, self.writer, "POST", "/api/conversations", {}, self.auth)
         self.cid = c["id"]
 
-    async def ask(self, state: dict):
+    async def ask(self, state: dict, delay_s: float):
+        await asyncio.sleep(delay_s)
         t0 = time.perf_counter()
         self.writer.write(request_bytes("POST", f"/api/conversations/{self.cid}/messages",
                                         {"message": self.question}, self.auth))
@@ -203,7 +207,8 @@ class Visitor:
             pass
 
 
-async def run_level(port: int, key: str, n: int, expect_tokens: int, timeout_s: float) -> dict:
+async def run_level(port: int, key: str, n: int, expect_tokens: int, timeout_s: float,
+                    ramp_s: float = 0.0) -> dict:
     visitors = [Visitor(port, key, QUESTIONS[i % len(QUESTIONS)]) for i in range(n)]
     gate = asyncio.Semaphore(64)  # sessions are opened before the clock starts, 64 at a time
 
@@ -216,12 +221,14 @@ async def run_level(port: int, key: str, n: int, expect_tokens: int, timeout_s: 
 
     await asyncio.gather(*(setup(v) for v in visitors))
     state = {"open": 0, "peak": 0}
+    rng = random.Random(n)
 
     async def ask(v):
         if v.error:
             return
+        delay = rng.uniform(0, ramp_s)
         try:
-            await asyncio.wait_for(v.ask(state), timeout_s)
+            await asyncio.wait_for(v.ask(state, delay), timeout_s + delay)
             if v.tokens != expect_tokens:
                 v.error = f"got {v.tokens} tokens, expected {expect_tokens}"
         except Exception as e:  # noqa: BLE001
@@ -289,8 +296,9 @@ def main() -> None:
     p.add_argument("--levels", nargs="+", type=int, default=[100, 250, 500, 750, 1000])
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=600, help="gthread threads per worker")
-    p.add_argument("--tokens", type=int, default=20)
-    p.add_argument("--token-delay", type=float, default=0.1)
+    p.add_argument("--tokens", type=int, default=60)
+    p.add_argument("--token-delay", type=float, default=0.2)
+    p.add_argument("--ramp", type=float, default=10.0, help="visitors start within this many seconds")
     p.add_argument("--timeout", type=float, default=90.0, help="per visitor, seconds")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--data-dir", default="")
@@ -303,9 +311,9 @@ def main() -> None:
         serve(args)
         return
 
-    print(f"web_load: N concurrent visitors streaming; scripted generator {args.tokens} tokens x "
-          f"{args.token_delay * 1000:.0f} ms; {args.workers} workers (threads {args.threads} for gthread); "
-          f"{os.cpu_count()}-core CPU, shared with other work")
+    print(f"web_load: N visitors streaming at once; scripted generator {args.tokens} tokens x "
+          f"{args.token_delay * 1000:.0f} ms; starts spread over {args.ramp:g} s; {args.workers} workers "
+          f"(threads {args.threads} for gthread); {os.cpu_count()}-core CPU, shared with other work")
     print(f"{'worker':8} {'N':>5} {'ok':>5} {'errors':>6} {'ttfe_p50':>9} {'ttfe_p95':>9} {'peak_open':>9} {'wall_s':>7}")
     summary: dict[str, dict] = {}
     results = []
@@ -314,8 +322,12 @@ def main() -> None:
         proc, port, key = start_server(args, wc, data_dir)
         best = None
         try:
+            # Untimed: every worker loads its index and models on its first requests.
+            warm = asyncio.run(run_level(port, key, 4 * args.workers, args.tokens, args.timeout))
+            if warm["errors"]:
+                print(f"{wc:8} warm-up failed: {warm['first_error'][:160]}")
             for n in args.levels:
-                r = asyncio.run(run_level(port, key, n, args.tokens, args.timeout))
+                r = asyncio.run(run_level(port, key, n, args.tokens, args.timeout, args.ramp))
                 r["worker"] = wc
                 results.append(r)
                 print(f"{wc:8} {n:5d} {r['ok']:5d} {r['errors']:6d} {r['ttfe_p50_ms']:8.0f}ms "

@@ -147,8 +147,8 @@ class WebSettings(BaseModel):
     # Number of proxies in front that set X-Forwarded-For/-Proto (0: trust none).
     trusted_proxies: int = 0
     # How often a streaming answer's text so far is written to its message row, so that a client
-    # reconnecting (Last-Event-ID) to another worker process gets the rest of it.
-    resume_persist_s: float = 1.0
+    # reconnecting (Last-Event-ID) to another worker process gets the rest of it (workers > 1 only).
+    resume_persist_s: float = 2.0
     # Production server worker class for `supportbot serve` (gthread | gevent); see bench/web_load.py.
     worker_class: str = "gthread"
 

@@ -154,7 +154,7 @@ def test_another_worker_resumes_from_the_stored_progress(tmp_path):
     from web import create_app
 
     gate = threading.Event()
-    settings = make_settings(tmp_path, resume_persist_s=0.0)
+    settings = make_settings(tmp_path, resume_persist_s=0.0, workers=2)
     comps_a = make_components(settings, generator=ScriptedGenerator(words=10, gate=gate))
     app_a = create_app(settings, comps_a)
     key = app_a.extensions["supportbot"].site_keys.create("default", [ORIGIN]).key

@@ -68,7 +68,9 @@ def create_app(
         api_keys=ApiKeys(db),
         tokens=VisitorTokens(app.config["SECRET_KEY"], ws.visitor_token_ttl_s,
                              ws.visitor_refresh_max_age_s),
-        answers=Answers(db, components.conversations.update_message, ws.resume_persist_s),
+        # Progress goes to the database only when another worker process may serve a resume.
+        answers=Answers(db, components.conversations.update_message,
+                        ws.resume_persist_s if ws.workers > 1 else None),
         demo_site_key=demo_site_key,
     )
 

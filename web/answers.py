@@ -10,8 +10,9 @@ of answer text sent up to and including that event. Two ways to resume:
 
 * same process: follow the in-memory ``AnswerStream`` from that offset (exact token events);
 * another worker process (gunicorn ``--workers N``): the producer writes the text so far to the
-  message row every ``persist_every_s`` and marks the row ``complete`` at the end, and the
-  follower polls that row. Text is cut at the offset, so nothing is sent twice.
+  message row every ``persist_every_s`` (None: never, for a single process), the dialogue
+  manager marks the row ``complete`` at the end, and the follower polls that row. Text is cut
+  at the offset, so nothing is sent twice.
 
 A resumed stream starts with ``meta`` (``"resumed": true``), then the remaining text, then the
 events that close the answer (``sources``, ``handoff``, ``done`` or ``error``).
@@ -134,7 +135,7 @@ class Answers:
         self,
         db: Database,
         update_message: Callable[..., None],
-        persist_every_s: float = 1.0,
+        persist_every_s: float | None = 1.0,
         stale_after_s: float = 120.0,
         poll_s: float = 0.25,
     ):
@@ -166,7 +167,8 @@ class Answers:
                 stream.push(event)
                 if event.type == "meta" and stream.message_id is not None:
                     self._register(stream)
-                elif event.type == "token" and stream.message_id is not None:
+                elif (event.type == "token" and stream.message_id is not None
+                      and self.persist_every_s is not None):
                     now = time.monotonic()
                     if now - last_persist >= self.persist_every_s and stream.text_len > persisted_len:
                         self._persist(stream.message_id, text="".join(stream.text))

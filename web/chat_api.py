@@ -21,8 +21,10 @@ from typing import Any, Iterable, Iterator
 from urllib.parse import quote, urlsplit
 
 from flask import Blueprint, Response, g, jsonify, request
+from sqlalchemy import select
 
 from bot.errors import Forbidden, NotFound, SupportbotError
+from bot.store.models import Conversation
 from web.answers import Item
 from web.context import web
 from web.keys import SiteKeyInfo, normalize_origin
@@ -102,14 +104,18 @@ def current_visitor() -> tuple[Visitor, SiteKeyInfo]:
 
 
 def owned_conversation(conversation_id: str, visitor: Visitor, key: SiteKeyInfo) -> dict:
-    """The conversation, if this visitor started it on this bot; NotFound otherwise."""
-    try:
-        conv = web().components.conversations.get(conversation_id)
-    except NotFound:
-        conv = None
-    if conv is None or conv["visitor_id"] != visitor.visitor_id or conv["bot_id"] != key.bot_id:
+    """``{id, status, created_at}`` of the conversation if this visitor started it on this bot;
+    NotFound otherwise (also for another visitor's: its existence is not revealed)."""
+    # One indexed read; ConversationStore.get would also count the messages, on every request.
+    with web().components.db.session() as s:
+        row = s.execute(
+            select(Conversation.visitor_id, Conversation.bot_id, Conversation.status,
+                   Conversation.created_at).where(Conversation.id == conversation_id)
+        ).first()
+    if row is None or row.visitor_id != visitor.visitor_id or row.bot_id != key.bot_id:
         raise NotFound(f"no conversation {conversation_id!r}")
-    return conv
+    return {"id": conversation_id, "status": row.status,
+            "created_at": row.created_at.isoformat(timespec="milliseconds") + "Z"}
 
 
 # -- sources shown to visitors ------------------------------------------------------------------

@@ -1,0 +1,251 @@
+"""Time to first token and decode speed: the ``hf`` backend against plain ``model.generate()``.
+
+Both run in this process, on the same model object and the same grounded prompt (system prompt and
+numbered knowledge-base sources built by the product's prompt builder, cut to ``--prompt-tokens``
+tokens), greedy, exactly ``--new-tokens`` new tokens each (end-of-sequence ignored), alternating
+baseline and backend ``--repeats`` times so that load from other processes hits both alike.
+
+* baseline: ``model.generate()`` in a thread with a ``TextIteratorStreamer`` (the usual way to
+  stream from transformers); its first-token time is when the streamer receives the first new
+  token id (before detokenisation: slightly in its favour).
+* backend: ``HFGenerator.stream()`` as the dialogue manager calls it; first-token time is when the
+  first text piece arrives. Measured twice: as shipped (``hf_backend``: the lean Llama-family
+  forward of ``fast_llama``) and with the model's own transformers forward in the same loop
+  (``hf_forward_loop``), which separates what the loop and the lean forward each bring.
+* decode tokens/s = (new tokens - 1) / (time of last token - time of first token).
+
+Prints one JSON object: per (device, dtype, threads) the medians of both, the ratios
+(``ttft_speedup`` = baseline / backend, ``decode_speedup`` = backend / baseline) and whether the
+greedy tokens were identical. Runs on the CPU in float32 and bfloat16, and on CUDA in bfloat16
+when a GPU is present.
+
+    python bench/generate.py                      # default model (converted once under --data-dir)
+    python bench/generate.py --model PATH --prompt-tokens 512 --new-tokens 64 --repeats 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+QUESTION = "Is there free parking, and can I check in early?"
+
+
+def kb_sources(kb: Path, limit: int = 400) -> list[dict]:
+    """Knowledge-base entries of one entity (JSONL in the shared format), or the sample FAQ."""
+    if kb.suffix == ".jsonl" and kb.is_file():
+        rows = [json.loads(line) for line, _ in zip(kb.open(encoding="utf-8"), range(20000))]
+        faq = [r for r in rows if r.get("metadata", {}).get("doc_type", "faq") == "faq"]
+        title = max({r["title"] for r in faq}, key=lambda t: sum(r["title"] == t for r in faq))
+        return [{"title": r["title"], "text": r["text"]} for r in faq if r["title"] == title][:limit]
+    import csv
+
+    with kb.open(encoding="utf-8") as fh:
+        return [{"title": r.get("title", ""), "text": f"{r['question']}\n{r['answer']}"} for r in csv.DictReader(fh)]
+
+
+def grounded_prompt(gen, sources: list[dict], n_tokens: int) -> list[dict]:
+    """Chat messages whose templated prompt has ``n_tokens`` tokens (or as close as the KB allows)."""
+    from bot.prompting import build_messages
+    from bot.settings import DialogueSettings
+
+    system = DialogueSettings().system_prompt
+
+    def messages(srcs):
+        return build_messages(QUESTION, srcs, [], system)
+
+    used: list[dict] = []
+    for src in sources:
+        if len(gen.prompt_ids(messages(used + [src]))) > n_tokens:
+            lo, hi = 0, len(src["text"])  # cut the last source to land on n_tokens
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                cut = dict(src, text=src["text"][:mid])
+                if len(gen.prompt_ids(messages(used + [cut]))) <= n_tokens:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            used.append(dict(src, text=src["text"][:lo]))
+            break
+        used.append(src)
+    return messages(used)
+
+
+def run_baseline(gen, prompt_ids: list[int], new_tokens: int) -> tuple[dict, list[int]]:
+    import torch
+    from transformers import TextIteratorStreamer
+
+    class TimedStreamer(TextIteratorStreamer):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.times: list[float] = []
+            self.ids: list[int] = []
+
+        def put(self, value):
+            if not self.next_tokens_are_prompt:
+                self.times.append(time.perf_counter())
+                self.ids.extend(int(v) for v in value.reshape(-1))
+            super().put(value)
+
+    streamer = TimedStreamer(gen.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    ids = torch.tensor([prompt_ids], device=gen.device)
+    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                  min_new_tokens=new_tokens, do_sample=False, streamer=streamer)
+    start = time.perf_counter()
+    worker = threading.Thread(target=gen.model.generate, kwargs=kwargs)
+    worker.start()
+    text = "".join(streamer)
+    worker.join()
+    t = streamer.times
+    assert text and len(t) == new_tokens, (len(t), new_tokens)
+    return {"ttft_ms": (t[0] - start) * 1000, "decode_tok_s": (len(t) - 1) / (t[-1] - t[0])}, streamer.ids
+
+
+def run_backend(gen, messages: list[dict], new_tokens: int) -> dict:
+    start = time.perf_counter()
+    stream = gen.stream(messages, max_new_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+    first = None
+    for _piece in stream:
+        if first is None:
+            first, first_count = time.perf_counter(), stream.usage["completion_tokens"]
+    end = time.perf_counter()
+    n = stream.usage["completion_tokens"]
+    assert n == new_tokens and first is not None, n
+    return {"ttft_ms": (first - start) * 1000, "decode_tok_s": (n - first_count) / (end - first)}
+
+
+def backend_ids(gen, prompt_ids: list[int], new_tokens: int) -> list[int]:
+    from bot.generators.decoding import Sampler, decode_tokens
+
+    return list(decode_tokens(gen.runner, prompt_ids, new_tokens, [], Sampler()))
+
+
+def with_runner(gen, runner, fn, *args):
+    """Run ``fn(gen, *args)`` with ``gen`` decoding through ``runner`` (same model object)."""
+    saved, gen.runner = gen.runner, runner
+    try:
+        return fn(gen, *args)
+    finally:
+        gen.runner = saved
+
+
+def median_of(runs: list[dict], key: str) -> float:
+    return round(statistics.median(r[key] for r in runs), 2)
+
+
+def bench_config(model_dir: str, device: str, dtype: str, threads: int, sources, args) -> dict:
+    import torch
+
+    from bot.generators.decoding import HFRunner
+    from bot.generators.hf_generator import HFGenerator
+
+    if threads:
+        torch.set_num_threads(threads)
+    gen = HFGenerator(model_dir, device=device, dtype=dtype).load()
+    plain = HFRunner(gen.model)
+    messages = grounded_prompt(gen, sources, args.prompt_tokens)
+    prompt_ids = gen.prompt_ids(messages)
+    # Warm-up: first-call allocations and kernel selection, every path.
+    run_backend(gen, messages, 4)
+    with_runner(gen, plain, run_backend, messages, 4)
+    run_baseline(gen, prompt_ids, 4)
+    runs: dict[str, list[dict]] = {"baseline_generate": [], "hf_forward_loop": [], "hf_backend": []}
+    for _ in range(args.repeats):
+        b, ids = run_baseline(gen, prompt_ids, args.new_tokens)
+        runs["baseline_generate"].append(b)
+        runs["hf_forward_loop"].append(with_runner(gen, plain, run_backend, messages, args.new_tokens))
+        runs["hf_backend"].append(run_backend(gen, messages, args.new_tokens))
+    same = {
+        "hf_backend": ids == backend_ids(gen, prompt_ids, args.new_tokens),
+        "hf_forward_loop": ids == with_runner(gen, plain, backend_ids, prompt_ids, args.new_tokens),
+    }
+    med = {name: {k: median_of(r, k) for k in ("ttft_ms", "decode_tok_s")} for name, r in runs.items()}
+    base = med["baseline_generate"]
+    result = {
+        "device": device, "dtype": dtype, "threads": torch.get_num_threads(),
+        "runner": type(gen.runner).__name__,
+        "prompt_tokens": len(prompt_ids), "new_tokens": args.new_tokens, **med,
+        "ttft_speedup": round(base["ttft_ms"] / med["hf_backend"]["ttft_ms"], 3),
+        "decode_speedup": round(med["hf_backend"]["decode_tok_s"] / base["decode_tok_s"], 3),
+        "forward_loop_decode_speedup": round(med["hf_forward_loop"]["decode_tok_s"] / base["decode_tok_s"], 3),
+        "greedy_tokens_identical_to_generate": same,
+        "runs": runs,
+    }
+    summary = {k: v for k, v in result.items() if k != "runs"}
+    print(f"# {json.dumps(summary)}", file=sys.stderr, flush=True)
+    del gen, plain
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="default", help="model folder or 'default' (SmolLM2-135M-Instruct)")
+    ap.add_argument("--data-dir", default=str(ROOT / "var"), help="where the default model is converted")
+    ap.add_argument("--kb", default=str(ROOT.parent / "shared" / "data" / "dstc11" / "kb.jsonl"),
+                    help="sources for the prompt (KB JSONL; falls back to samples/faq/faq.csv)")
+    ap.add_argument("--prompt-tokens", type=int, default=512)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dtypes", default="float32,bfloat16", help="CPU dtypes to measure")
+    ap.add_argument("--threads", default="0", help="comma list of torch CPU threads (0 = torch default)")
+    ap.add_argument("--no-cpu", action="store_true", help="measure only on CUDA")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    model_dir = args.model
+    t0 = time.perf_counter()
+    if model_dir == "default":
+        from bot.generators.default_model import default_model_dir
+
+        model_dir = str(default_model_dir(Path(args.data_dir)))
+    prepare_s = time.perf_counter() - t0
+    kb = Path(args.kb)
+    sources = kb_sources(kb if kb.is_file() else ROOT / "samples" / "faq" / "faq.csv")
+
+    configs = []
+    if not args.no_cpu:
+        for threads in (int(t) for t in args.threads.split(",")):
+            configs += [("cpu", d.strip(), threads) for d in args.dtypes.split(",") if d.strip()]
+    if torch.cuda.is_available():
+        configs.append(("cuda", "bfloat16", 0))
+    results = []
+    for device, dtype, threads in configs:
+        print(f"# {device} {dtype} threads={threads or 'default'} ...", file=sys.stderr, flush=True)
+        results.append(bench_config(model_dir, device, dtype, threads, sources, args))
+
+    load_t0 = time.perf_counter()
+    from bot.generators.hf_generator import HFGenerator
+
+    HFGenerator(model_dir, device="cpu", dtype="float32").load()
+    load_s = time.perf_counter() - load_t0
+    cpu = [r for r in results if r["device"] == "cpu"]
+    best = max(cpu, key=lambda r: r["hf_backend"]["decode_tok_s"]) if cpu else None
+    print(json.dumps({
+        "model": model_dir,
+        "machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                    "load_avg_1m": round(os.getloadavg()[0], 2)},
+        "first_start_prepare_s": round(prepare_s, 2),
+        "converted_model_load_s": round(load_s, 2),
+        "results": results,
+        "best_cpu": None if best is None else {
+            k: best[k] for k in ("dtype", "threads", "hf_backend", "hf_forward_loop", "baseline_generate",
+                                 "ttft_speedup", "decode_speedup")
+        },
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
