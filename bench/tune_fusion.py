@@ -224,9 +224,6 @@ def main() -> None:
         "held_oos@ds": c("dstc11", held_oos, "out_of_scope.json @dstc11"),
     }
 
-    if os.environ.get("TUNE_DUMP"):  # research: keep the collected features
-        np.save(os.environ["TUNE_DUMP"], np.array([data], dtype=object), allow_pickle=True)
-
     # ---- ranking ----
     w, b = fit_ranking([data["sf_a"], data["ds_train"]], args.C)
     model = FusionModel(w, b, np.zeros(len(QUERY_FEATURES)), 0.0)

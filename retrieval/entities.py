@@ -94,6 +94,8 @@ class EntityMatcher:
     ``names``: the entity names. ``texts``: optional ``{name: [texts about it]}`` (the chunks of
     each entity); with it, one-word aliases used in the texts of more than ``common_entities``
     other entities are dropped, and typo matching skips words the knowledge base uses.
+    ``exact_only``: names matched only in full (no aliases), e.g. names taken from document
+    titles, which are often phrases ("Returns and refunds") rather than proper names.
     """
 
     def __init__(
@@ -103,8 +105,10 @@ class EntityMatcher:
         decay: float = 0.7,
         common_entities: int = 2,
         cache_size: int = 4096,
+        exact_only: Iterable[str] = (),
     ):
         self.names = list(dict.fromkeys(n for n in names if n and n.strip()))
+        exact_only = frozenset(exact_only)
         self.decay = decay
         users: dict[str, set[str]] = {}  # word -> entities whose texts use it
         for name, entity_texts in (texts or {}).items():
@@ -135,6 +139,8 @@ class EntityMatcher:
             put(tuple(toks), {name}, FULL)
             if toks[0] == "the" and len(toks) > 1:
                 put(tuple(toks[1:]), {name}, FULL)
+            if name in exact_only:
+                continue
             core = [t for t in toks if t not in GENERIC]
             if core and len(core) < len(toks):
                 cores.setdefault(tuple(core), set()).add(name)
@@ -225,12 +231,13 @@ class EntityMatcher:
         return mentions[0].names if mentions else ()
 
 
-def entity_of(metadata: dict | None, title: str, max_title_words: int = 6) -> str:
-    """The entity a chunk is about: ``metadata["entity_name"]``, else its document title when the
-    title is short and not a question (a name, not a sentence), else ""."""
+def entity_of(metadata: dict | None, title: str, max_title_words: int = 6) -> tuple[str, bool]:
+    """The entity a chunk is about and whether it was named explicitly: ``(metadata["entity_name"],
+    True)``, else ``(title, False)`` when the title is short and not a question (it may be a
+    name), else ``("", False)``."""
     name = (metadata or {}).get("entity_name")
     if name:
-        return str(name)
+        return str(name), True
     if title and "?" not in title and len(title.split()) <= max_title_words:
-        return title
-    return ""
+        return title, False
+    return "", False

@@ -92,7 +92,15 @@ def test_nothing_matches_gives_empty_fallback(matcher):
 
 
 def test_entity_of_uses_metadata_then_short_titles():
-    assert entity_of({"entity_name": "ALLENBELL"}, "anything") == "ALLENBELL"
-    assert entity_of({}, "Shipping") == "Shipping"
-    assert entity_of({}, "How do I delete my Facebook account?") == ""
-    assert entity_of(None, "A title that is far too long to be a name of anything") == ""
+    assert entity_of({"entity_name": "ALLENBELL"}, "anything") == ("ALLENBELL", True)
+    assert entity_of({}, "Shipping") == ("Shipping", False)
+    assert entity_of({}, "How do I delete my Facebook account?") == ("", False)
+    assert entity_of(None, "A title that is far too long to be a name of anything") == ("", False)
+
+
+def test_exact_only_names_have_no_aliases():
+    m = EntityMatcher(["Strikethrough with GitHub Markdown", "HOBSONS HOUSE"],
+                      exact_only=["Strikethrough with GitHub Markdown"])
+    assert m.current(["How do I strikethrough text on GitHub?"]) == ()
+    assert m.current(["strikethrough with github markdown, how?"]) == ("Strikethrough with GitHub Markdown",)
+    assert m.current(["Is Hobsons quiet?"]) == ("HOBSONS HOUSE",)
