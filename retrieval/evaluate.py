@@ -86,7 +86,8 @@ def prepare_kb(
         "documents": documents,
         "chunks": report.chunks,
         "seconds": round(seconds, 2),
-        "documents_per_s": round(documents / seconds, 1) if seconds > 0 else None,
+        # None when nothing needed embedding (the documents were stored by an interrupted run).
+        "documents_per_s": round(documents / seconds, 1) if seconds > 0 and report.chunks else None,
         "embedder": getattr(comps.embedder, "model_id", type(comps.embedder).__name__),
     }
     tmp = marker.with_suffix(".tmp")
