@@ -1,4 +1,4 @@
-"""Scale benchmark of the dense index: FaissIndex (IVF-Flat past exact_max) against exact search.
+"""Scale benchmark of the dense index: FaissIndex (HNSW past exact_max) against exact search.
 
 Data: synthetic 384-d L2-normalised vectors from a Gaussian mixture whose mean, covariance spectrum
 and cluster share were fitted to real MiniLM embeddings (see ``Mixture``); queries are fresh draws
@@ -7,9 +7,9 @@ Prints one JSON object: build time, batch-1 search p50/p95 (k=10), recall@10 aga
 (``faiss.IndexFlatIP`` in the same process), exact search p50 and the speed-up ratio, index bytes
 and the RSS the build took.
 
-    nice python bench/index_scale.py --n 1000000 --uniform-n 100000
+    nice python bench/index_scale.py --n 1000000 --ef-curve --uniform-n 50000
     nice python bench/index_scale.py --n 20000                  # quick
-    nice python bench/index_scale.py --n 100000 --compare-hnsw  # the IVF vs HNSW measurement
+    nice python bench/index_scale.py --n 100000 --compare-ivf   # the HNSW vs IVF measurement
     nice python bench/index_scale.py --n 0 --sweep 10000,50000,100000  # picks exact_max
 """
 from __future__ import annotations
@@ -133,8 +133,8 @@ def run_faiss_index(xb, xq, gt, settings: IndexSettings, k: int) -> dict:
     timed_search(index.search, xq[:20], k)  # warm-up
     lat, ids = timed_search(index.search, xq, k)
     return {
-        "kind": index.kind, "nlist": index.nlist, "nprobe": settings.ivf_nprobe if index.kind == "ivf" else None,
-        "build_s": round(build_s, 2),
+        "kind": index.kind, "m": settings.hnsw_m, "ef_construction": settings.hnsw_ef_construction,
+        "ef_search": settings.hnsw_ef_search, "build_s": round(build_s, 2),
         "search_p50_ms": pct(lat, 50), "search_p95_ms": pct(lat, 95),
         "recall@10": round(recall_at(ids, gt), 4),
         "index_bytes": index.nbytes(), "rss_delta_mb": round(rss1 - rss0, 1),
@@ -142,38 +142,37 @@ def run_faiss_index(xb, xq, gt, settings: IndexSettings, k: int) -> dict:
     }
 
 
-def run_hnsw(xb, xq, gt, settings: IndexSettings, k: int) -> dict:
-    """Plain faiss IndexHNSWFlat with the HNSW settings, for the IVF-vs-HNSW choice."""
-    gc.collect()
-    rss0 = rss_mb()
-    t = time.perf_counter()
-    h = faiss.IndexHNSWFlat(xb.shape[1], settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-    h.hnsw.efConstruction = settings.hnsw_ef_construction
-    h.add(xb)
-    build_s = time.perf_counter() - t
-    rss1 = rss_mb()
-    out = {"build_s": round(build_s, 2), "m": settings.hnsw_m, "ef_construction": settings.hnsw_ef_construction,
-           "index_bytes": int(faiss.serialize_index(h).size), "rss_delta_mb": round(rss1 - rss0, 1), "ef_search": {}}
-    for ef in sorted({32, 64, 128, settings.hnsw_ef_search}):
-        h.hnsw.efSearch = ef
-        lat, ids = timed_search(h.search, xq, k)
-        out["ef_search"][ef] = {"p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95), "recall@10": round(recall_at(ids, gt), 4)}
+def ef_curve(index: FaissIndex, xq, gt, k: int, values=(32, 64, 96, 128, 192, 256)) -> dict:
+    out = {}
+    saved = index.settings.hnsw_ef_search
+    for ef in values:
+        index.settings.hnsw_ef_search = ef
+        lat, ids = timed_search(index.search, xq, k)
+        out[ef] = {"p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95), "recall@10": round(recall_at(ids, gt), 4)}
+    index.settings.hnsw_ef_search = saved
     return out
 
 
-def nprobe_curve(index: FaissIndex, xq, gt, k: int, values=(8, 16, 32, 64, 128)) -> dict:
-    out = {}
-    saved = index.settings.ivf_nprobe
+def run_ivf(xb, xq, gt, k: int, values=(16, 32, 64, 128)) -> dict:
+    """Plain faiss IVF-Flat (nlist 4*sqrt(n)), the alternative measured for the HNSW choice."""
+    gc.collect()
+    n, d = xb.shape
+    nlist = int(4 * np.sqrt(n))
+    t = time.perf_counter()
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+    sample = xb[np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)]
+    ivf.train(sample)
+    ivf.add(xb)
+    out = {"nlist": nlist, "build_s": round(time.perf_counter() - t, 2), "nprobe": {}}
     for p in values:
-        index.settings.ivf_nprobe = p
-        lat, ids = timed_search(index.search, xq, k)
-        out[p] = {"p50_ms": pct(lat, 50), "recall@10": round(recall_at(ids, gt), 4)}
-    index.settings.ivf_nprobe = saved
+        ivf.nprobe = p
+        lat, ids = timed_search(ivf.search, xq, k)
+        out["nprobe"][p] = {"p50_ms": pct(lat, 50), "recall@10": round(recall_at(ids, gt), 4)}
     return out
 
 
 def sweep(sizes: list[int], dim: int, k: int, nq: int, settings: IndexSettings, budget_ms: float) -> dict:
-    """Exact vs IVF p50 at each size; picks exact_max where exact search stays within budget_ms."""
+    """Exact vs HNSW p50 at each size; picks exact_max where exact search stays within budget_ms."""
     rows = []
     for n in sizes:
         mix = Mixture(n, dim, seed=n)
@@ -184,7 +183,7 @@ def sweep(sizes: list[int], dim: int, k: int, nq: int, settings: IndexSettings, 
         approx = FaissIndex(dim, settings.model_copy(update={"exact_max": 0}))
         approx.add(np.arange(n), xb)
         row = {"n": n}
-        for name, idx in (("exact", exact), ("ivf", approx)):
+        for name, idx in (("exact", exact), ("hnsw", approx)):
             timed_search(idx.search, xq[:10], k)
             lat, ids = timed_search(idx.search, xq, k)
             row[f"{name}_p50_ms"] = pct(lat, 50)
@@ -210,17 +209,17 @@ def main(argv=None) -> dict:
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--exact-queries", type=int, default=30, help="batch-1 exact searches timed")
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--nprobe", type=int, default=None, help="override IndexSettings.ivf_nprobe")
-    ap.add_argument("--nprobe-curve", action="store_true", help="recall/latency for several nprobe")
-    ap.add_argument("--compare-hnsw", action="store_true", help="also build HNSW on the same data")
+    ap.add_argument("--ef-search", type=int, default=None, help="override IndexSettings.hnsw_ef_search")
+    ap.add_argument("--ef-curve", action="store_true", help="recall/latency for several efSearch")
+    ap.add_argument("--compare-ivf", action="store_true", help="also build IVF-Flat on the same data")
     ap.add_argument("--uniform-n", type=int, default=0, help="also run on N uniform random vectors")
     ap.add_argument("--sweep", default="", help="comma-separated sizes: exact vs IVF p50, picks exact_max")
     ap.add_argument("--budget-ms", type=float, default=2.0, help="exact search budget for the exact_max pick")
     args = ap.parse_args(argv)
 
     settings = IndexSettings(exact_max=0)  # force the approximate representation
-    if args.nprobe:
-        settings.ivf_nprobe = args.nprobe
+    if args.ef_search:
+        settings.hnsw_ef_search = args.ef_search
     result: dict = {"machine": MACHINE, "faiss": faiss.__version__, "omp_threads": faiss.omp_get_max_threads(), "k": args.k}
 
     if args.n:
@@ -246,11 +245,11 @@ def main(argv=None) -> dict:
         result["speedup_vs_exact_p50"] = round(result["exact_p50_ms"] / max(run["search_p50_ms"], 1e-9), 1)
         result["raw_vectors_bytes"] = int(xb.nbytes)
         result["target_met"] = run["search_p50_ms"] <= 5.0 and run["recall@10"] >= 0.95
-        if args.nprobe_curve and index.kind == "ivf":
-            result["nprobe_curve"] = nprobe_curve(index, xq, gt, args.k)
+        if args.ef_curve:
+            result["ef_curve"] = ef_curve(index, xq, gt, args.k)
         del index
-        if args.compare_hnsw:
-            result["hnsw"] = run_hnsw(xb, xq, gt, settings, args.k)
+        if args.compare_ivf:
+            result["ivf"] = run_ivf(xb, xq, gt, args.k)
         del xb
         gc.collect()
 
@@ -260,8 +259,8 @@ def main(argv=None) -> dict:
         run = run_faiss_index(xb, xq, gt, settings, args.k)
         run.pop("_index")
         result["uniform"] = {"n": args.uniform_n, "data": "uniform random on the sphere (no structure: worst case)", **run}
-        if args.compare_hnsw:
-            result["uniform"]["hnsw"] = run_hnsw(xb, xq, gt, settings, args.k)
+        if args.compare_ivf:
+            result["uniform"]["ivf"] = run_ivf(xb, xq, gt, args.k)
         del xb
 
     if args.sweep:

@@ -32,18 +32,15 @@ class EmbedderSettings(BaseModel):
 
 
 class IndexSettings(BaseModel):
-    # Up to this many vectors the index is exact (flat inner product); above, approximate (IVF-Flat).
-    # hnsw_* are used only by the comparison in bench/index_scale.py --compare-hnsw.
+    # Up to this many vectors the index is exact (flat inner product); above, approximate (HNSW).
     # 10k: where batch-1 exact search reaches ~2 ms on 2 cores (bench/index_scale.py --sweep).
     exact_max: int = 10_000
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
     hnsw_ef_search: int = 96
-    # Approximate index above exact_max: IVF-Flat (chosen over HNSW in bench/index_scale.py).
-    ivf_nlist: int = 0  # 0: about 4*sqrt(n) lists, at least 39 training vectors each
-    ivf_nprobe: int = 16
-    ivf_train_max: int = 262_144  # k-means sample size
-    ivf_retrain_growth: float = 4.0  # retrain when the index grew this many times past its training size
+    # HNSW cannot delete: removed vectors stay as dead nodes until they are this share of the
+    # index, then it is rebuilt from the live vectors.
+    rebuild_dead_fraction: float = 0.2
     # OpenMP threads for searches of < 20 queries (serving, batch 1); 0 keeps FAISS's default.
     search_threads: int = 1
     # How often (seconds) a serving process checks for a newer index version.

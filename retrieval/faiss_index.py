@@ -1,29 +1,30 @@
-"""Dense vector indexes keyed by chunk id: FAISS (exact, then IVF past a size) and a NumPy baseline.
+"""Dense vector indexes keyed by chunk id: FAISS (exact, then HNSW past a size) and a NumPy baseline.
 
 Both implement ``retrieval.types.VectorIndex``: inner product on L2-normalised float32 vectors
 (= cosine), ids are our chunk ids (int64 >= 0), adding an id that exists replaces its vector, and
 ``search`` pads missing slots with id -1 and score -inf. ``search(..., allowed_ids=...)`` restricts
 the results to a subset of ids (entity- or filter-restricted search).
 
-Representation (``FaissIndex.kind``):
+``FaissIndex`` stores vectors at internal slots 0..ntotal-1 and maps slots to chunk ids itself
+(``_ids``: slot -> id, -1 once deleted; ``_slot``: id -> live slot). Representation (``kind``):
 
-- ``"flat"`` up to ``IndexSettings.exact_max`` vectors: ``IndexIDMap(IndexFlatIP)``, exact.
-- ``"ivf"`` above: ``IndexIVFFlat`` (inner product) with ``nlist`` about 4*sqrt(n), trained on the
-  vectors present when the switch happens. IVF stores our ids itself and supports ``remove_ids``
-  natively, so deletes and replacements are exact and immediate. HNSW was measured against it
-  (``bench/index_scale.py --compare-hnsw``): similar latency and recall on clustered data, but
-  slower to build, 256 more bytes per vector for the graph, and no ``remove_ids``; it would need
-  a deletion mask plus periodic rebuilds to stay consistent with the database.
+- ``"flat"`` up to ``IndexSettings.exact_max`` vectors: ``IndexFlatIP``, exact. Removing compacts
+  at once (cheap at this size), so it never holds dead slots.
+- ``"hnsw"`` above: ``IndexHNSWFlat``. Chosen over IVF-Flat by ``bench/index_scale.py
+  --compare-hnsw``: on vectors shaped like MiniLM embeddings, 100k of them, HNSW reached
+  recall@10 0.96 at 1.3 ms where IVF needed nprobe 128 for 0.93; on real MiniLM vectors of the
+  DSTC11 snippets it also led (0.97 at efSearch 64 vs 0.93 at nprobe 16). FAISS's HNSW cannot
+  remove vectors, so a removal marks the slot dead: searches pass a bitmap of live slots
+  (``IDSelectorBitmap``), the graph keeps routing through dead nodes, and once dead slots exceed
+  ``rebuild_dead_fraction`` the index is rebuilt from the live vectors.
 
-The index switches to IVF automatically when an ``add`` crosses ``exact_max``, and retrains (a
-rebuild) when it has grown ``ivf_retrain_growth`` times past the size it was trained on, so the
-coarse centroids keep matching the data. ``rebuild()`` picks the representation afresh for the
-current size: this is where an index that shrank goes back to exact.
+An ``add`` that crosses ``exact_max`` switches to HNSW; ``rebuild()`` picks the representation
+afresh for the current size, which is where an index that shrank goes back to exact.
 
-Filtered search stays exact on small subsets: with ``allowed_ids`` of at most ``exact_max`` ids
-the IVF probes every list (only the allowed ids get a distance computed); with larger subsets it
-probes ``nprobe / fraction`` lists, so the expected number of candidates matches an unfiltered
-search.
+Filtered search: with at most ``exact_max`` allowed ids the allowed vectors are scored exactly
+(gathered, one matrix product); above that, HNSW searches with the allowed slots as a selector
+and ``efSearch`` divided by the allowed fraction, so about as many allowed candidates are
+examined as in an unfiltered search.
 
 Concurrency: any number of threads may ``search`` at once (FAISS searches are read-only and
 release the GIL). ``add``/``remove``/``rebuild`` must not overlap other calls; serving processes
@@ -32,7 +33,6 @@ never mutate, they swap in a freshly published snapshot (``retrieval.snapshot``)
 from __future__ import annotations
 
 import json
-import math
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -119,6 +119,22 @@ def _last_occurrence(ids: np.ndarray, vecs: np.ndarray) -> tuple[np.ndarray, np.
     return ids[keep], vecs[keep]
 
 
+def _top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` of ``scores`` (nq, m) over ``ids`` (m,), best first, padded with -inf / -1."""
+    nq, m = scores.shape
+    out_s = np.full((nq, k), -np.inf, dtype=np.float32)
+    out_i = np.full((nq, k), -1, dtype=np.int64)
+    if m == 0:
+        return out_s, out_i
+    kk = min(k, m)
+    top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < m else np.tile(np.arange(m), (nq, 1))
+    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+    top = np.take_along_axis(top, order, axis=1)
+    out_s[:, :kk] = np.take_along_axis(scores, top, axis=1)
+    out_i[:, :kk] = ids[top]
+    return out_s, out_i
+
+
 def _write_meta(directory: Path, meta: dict) -> None:
     (directory / META_FILE).write_text(json.dumps(meta, sort_keys=True))
 
@@ -179,19 +195,7 @@ class NumpyIndex:
         if allowed_ids is not None:
             mask = np.isin(ids, _check_ids(allowed_ids, "allowed_ids"))
             ids, mat = ids[mask], mat[mask]
-        out_s = np.full((len(q), k), -np.inf, dtype=np.float32)
-        out_i = np.full((len(q), k), -1, dtype=np.int64)
-        if len(ids) == 0:
-            return out_s, out_i
-        scores = q @ mat.T  # (nq, n)
-        m = min(k, len(ids))
-        top = np.argpartition(-scores, m - 1, axis=1)[:, :m] if m < len(ids) else np.argsort(-scores, axis=1)
-        top_s = np.take_along_axis(scores, top, axis=1)
-        order = np.argsort(-top_s, axis=1, kind="stable")
-        top = np.take_along_axis(top, order, axis=1)
-        out_s[:, :m] = np.take_along_axis(scores, top, axis=1)
-        out_i[:, :m] = ids[top]
-        return out_s, out_i
+        return _top_k(q @ mat.T, ids, k)
 
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """All (ids (n,), vecs (n, d)), copies."""
@@ -226,31 +230,36 @@ class NumpyIndex:
 
 
 class FaissIndex:
-    """FAISS index keyed by chunk id: exact up to ``settings.exact_max`` vectors, IVF-Flat above."""
+    """FAISS index keyed by chunk id: exact up to ``settings.exact_max`` vectors, HNSW above."""
 
     def __init__(self, dim: int, settings: IndexSettings | None = None):
         self.dim = int(dim)
         self.settings = settings or IndexSettings()
-        self._index: faiss.Index = self._new_flat()
-        self._trained_n = 0  # vectors present when the IVF was trained (0 while flat)
+        self._index: faiss.Index = faiss.IndexFlatIP(self.dim)
+        self._ids = np.zeros(0, dtype=np.int64)  # slot -> chunk id, -1 when dead
+        self._slot: dict[int, int] = {}  # chunk id -> live slot
+        self._live_bits: np.ndarray | None = None  # packed live-slot bitmap, built when needed
 
     # ---- introspection ------------------------------------------------------------------
     @property
     def kind(self) -> str:
-        return "ivf" if isinstance(self._index, faiss.IndexIVF) else "flat"
+        return "hnsw" if isinstance(self._index, faiss.IndexHNSW) else "flat"
 
     @property
-    def nlist(self) -> int:
-        return self._index.nlist if self.kind == "ivf" else 0
+    def dead(self) -> int:
+        """Slots holding removed or replaced vectors, awaiting a rebuild (HNSW only)."""
+        return len(self._ids) - len(self._slot)
 
     def __len__(self) -> int:
-        return int(self._index.ntotal)
+        return len(self._slot)
 
     def nbytes(self) -> int:
-        """Bytes of the index's payload in memory: vectors and ids (8 bytes each), plus centroids."""
-        per_vector = 4 * self.dim + 8
-        centroids = 4 * self.dim * self.nlist
-        return len(self) * per_vector + centroids
+        """Bytes of the index's payload: vectors, graph links (4 bytes each), slot ids."""
+        n = len(self._ids)
+        links = 0
+        if self.kind == "hnsw":
+            links = 4 * faiss.vector_to_array(self._index.hnsw.offsets)[-1]
+        return n * (4 * self.dim + 8) + int(links)
 
     # ---- writes -------------------------------------------------------------------------
     def add(self, ids, vecs) -> None:
@@ -262,81 +271,77 @@ class FaissIndex:
         if not len(ids):
             return
         ids, vecs = _last_occurrence(ids, vecs)
-        if len(self):
-            self._remove(ids)
+        self._kill(ids)
         if self.kind == "flat" and len(self) + len(ids) > self.settings.exact_max:
             if len(self):
-                old_ids, old_vecs = self.vectors()
-                ids, vecs = np.concatenate([old_ids, ids]), np.concatenate([old_vecs, vecs])
-            self._index = self._new_ivf(ids, vecs)
-            return
-        self._index.add_with_ids(vecs, ids)
-        if self.kind == "ivf" and len(self) > self.settings.ivf_retrain_growth * self._trained_n:
-            self.rebuild()
+                live_ids, live_vecs = self.vectors()
+                ids, vecs = np.concatenate([live_ids, ids]), np.concatenate([live_vecs, vecs])
+            self._reset(self._new_hnsw())
+        self._append(ids, vecs)
+        self._compact_if_needed()
 
     def remove(self, ids) -> int:
         """Remove ``ids`` (absent ones are ignored); returns how many were present."""
-        ids = _check_ids(ids)
-        if not len(ids) or not len(self):
-            return 0
-        return self._remove(ids)
+        removed = self._kill(_check_ids(ids))
+        if removed:
+            self._compact_if_needed()
+        return removed
 
     def rebuild(self) -> None:
-        """Rebuild from the vectors present, picking flat or IVF (retrained) for the current size."""
+        """Rebuild from the live vectors, picking flat or HNSW for the current size."""
         ids, vecs = self.vectors()
-        if len(ids) > self.settings.exact_max:
-            self._index = self._new_ivf(ids, vecs)
-        else:
-            self._index = self._new_flat()
-            self._trained_n = 0
-            if len(ids):
-                self._index.add_with_ids(vecs, ids)
+        self._reset(self._new_hnsw() if len(ids) > self.settings.exact_max else faiss.IndexFlatIP(self.dim))
+        self._append(ids, vecs)
 
     # ---- reads --------------------------------------------------------------------------
     def search(self, vecs, k: int, allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` by inner product: (scores (nq, k) float32, ids (nq, k) int64), -1/-inf padded."""
         q = _check_vecs(vecs, self.dim, "query vectors")
         k = _check_k(k)
-        params = None
+        threads = self.settings.search_threads if len(q) < SMALL_BATCH else 0
         if allowed_ids is not None:
             allowed = np.unique(_check_ids(allowed_ids, "allowed_ids"))
-            if not len(allowed):
-                return (np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64))
-            params = self._filter_params(allowed)
-        elif self.kind == "ivf":
-            params = faiss.SearchParametersIVF(nprobe=self._nprobe())
-        with _omp_threads(self.settings.search_threads if len(q) < SMALL_BATCH else 0):
-            scores, ids = self._index.search(q, k, params=params)
-        scores[ids < 0] = -np.inf
-        return scores, ids
+            slots = np.fromiter((self._slot.get(i, -1) for i in allowed.tolist()), np.int64, len(allowed))
+            slots = slots[slots >= 0]
+            if len(slots) <= self.settings.exact_max or self.kind == "flat":
+                # Gather the allowed vectors and score them all: exact, cost ~ len(slots).
+                with _omp_threads(threads):
+                    sub = self._index.reconstruct_batch(slots) if len(slots) else np.zeros((0, self.dim), np.float32)
+                return _top_k(q @ sub.T, self._ids[slots], k)
+            fraction = len(slots) / max(1, len(self))
+            sel = faiss.IDSelectorBatch(slots)  # copies the slots into its own hash set
+            params = faiss.SearchParametersHNSW(sel=sel, efSearch=self._ef(fraction))
+        elif self.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=self._ef(len(self) / max(1, len(self._ids))))
+            if self.dead:
+                params.sel = faiss.IDSelectorBitmap(self._live_bitmap())
+        else:
+            params = None
+        with _omp_threads(threads):
+            scores, slots = self._index.search(q, k, params=params)
+        found = np.full(slots.shape, -1, dtype=np.int64)
+        hit = slots >= 0
+        found[hit] = self._ids[slots[hit]]
+        scores[found < 0] = -np.inf
+        return scores, found
 
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        """All (ids (n,), vecs (n, d)), copies, in storage order."""
-        n, d = len(self), self.dim
-        if n == 0:
-            return np.zeros(0, np.int64), np.zeros((0, d), np.float32)
-        if self.kind == "flat":
-            ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
-            return ids, self._index.index.reconstruct_n(0, n)
-        invlists = self._index.invlists
-        id_parts, vec_parts = [], []
-        for lst in range(self._index.nlist):
-            size = invlists.list_size(lst)
-            if not size:
-                continue
-            id_parts.append(faiss.rev_swig_ptr(invlists.get_ids(lst), size).copy())
-            codes = faiss.rev_swig_ptr(invlists.get_codes(lst), size * invlists.code_size)
-            vec_parts.append(np.frombuffer(codes, dtype=np.float32).reshape(size, d).copy())
-        return np.concatenate(id_parts).astype(np.int64), np.concatenate(vec_parts)
+        """The live (ids (n,), vecs (n, d)), copies, in slot order."""
+        live = np.flatnonzero(self._ids >= 0)
+        if not len(live):
+            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
+        vecs = self._index.reconstruct_n(0, len(self._ids))
+        return self._ids[live].copy(), vecs[live]
 
     # ---- persistence --------------------------------------------------------------------
     def save(self, directory: Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         faiss.write_index(self._index, str(directory / FAISS_FILE))
+        np.save(directory / IDS_FILE, self._ids, allow_pickle=False)
         _write_meta(directory, {
             "format": FORMAT_VERSION, "kind": "faiss", "repr": self.kind, "dim": self.dim,
-            "n": len(self), "trained_n": self._trained_n, "faiss": faiss.__version__,
+            "slots": len(self._ids), "n": len(self), "faiss": faiss.__version__,
             "bytes": (directory / FAISS_FILE).stat().st_size,
         })
 
@@ -353,65 +358,65 @@ class FaissIndex:
             raise IndexCorrupt(f"{path}: {size} bytes on disk, {meta.get('bytes')} written; the index is torn")
         try:
             raw = faiss.read_index(str(path))
-        except (RuntimeError, MemoryError) as e:
+            ids = np.load(directory / IDS_FILE, allow_pickle=False)
+        except (RuntimeError, MemoryError, OSError, ValueError) as e:
             # FAISS's message is a C++ trace; the first line says what failed.
-            raise IndexCorrupt(f"{path}: unreadable FAISS index ({str(e).splitlines()[0][:200]})") from None
-        expected = faiss.IndexIVF if meta.get("repr") == "ivf" else faiss.IndexIDMap
-        if not isinstance(raw, expected) or raw.d != index.dim or raw.ntotal != meta["n"]:
+            raise IndexCorrupt(f"{directory}: unreadable index ({str(e).splitlines()[0][:200]})") from None
+        expected = faiss.IndexHNSW if meta.get("repr") == "hnsw" else faiss.IndexFlat
+        live = ids[ids >= 0] if ids.ndim == 1 else ids
+        if (
+            not isinstance(raw, expected) or raw.d != index.dim or raw.ntotal != meta.get("slots")
+            or ids.shape != (raw.ntotal,) or len(live) != meta.get("n") or len(np.unique(live)) != len(live)
+        ):
             raise IndexCorrupt(
-                f"{path}: expected a {meta.get('repr')} index of {meta['n']} vectors, dim {index.dim}; "
-                f"found {type(raw).__name__} of {raw.ntotal}, dim {raw.d}"
+                f"{directory}: expected a {meta.get('repr')} index of {meta.get('slots')} slots "
+                f"({meta.get('n')} live, unique), dim {index.dim}; found {type(raw).__name__} of "
+                f"{raw.ntotal} slots, dim {raw.d}, ids {ids.shape}"
             )
-        index._index = raw
-        index._trained_n = int(meta.get("trained_n", 0))
+        index._index, index._ids = raw, ids.astype(np.int64)
+        index._slot = {int(i): s for s, i in enumerate(index._ids.tolist()) if i >= 0}
         return index
 
     # ---- internals ----------------------------------------------------------------------
-    def _new_flat(self) -> faiss.Index:
-        return faiss.IndexIDMap(faiss.IndexFlatIP(self.dim))
+    def _new_hnsw(self) -> faiss.Index:
+        index = faiss.IndexHNSWFlat(self.dim, self.settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = self.settings.hnsw_ef_construction
+        return index
 
-    def _new_ivf(self, ids: np.ndarray, vecs: np.ndarray) -> faiss.Index:
-        n = len(ids)
-        nlist = self._nlist_for(n)
-        quantizer = faiss.IndexFlatIP(self.dim)
-        ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        ivf.cp.seed = 1234  # reproducible centroids
-        sample = vecs
-        if n > self.settings.ivf_train_max:
-            pick = np.random.default_rng(1234).choice(n, self.settings.ivf_train_max, replace=False)
-            sample = vecs[np.sort(pick)]
-        ivf.train(sample)
-        ivf.add_with_ids(vecs, ids)
-        # The IVF keeps a Python reference to its quantizer; transfer ownership to the C++ side.
-        ivf.own_fields = True
-        quantizer.this.disown()
-        self._trained_n = n
-        return ivf
+    def _reset(self, index: faiss.Index) -> None:
+        self._index = index
+        self._ids = np.zeros(0, dtype=np.int64)
+        self._slot = {}
+        self._live_bits = None
 
-    def _nlist_for(self, n: int) -> int:
-        if self.settings.ivf_nlist:
-            nlist = self.settings.ivf_nlist
-        else:
-            nlist = int(4 * math.sqrt(n))
-        # k-means wants >= 39 training points per centroid; keep lists non-trivial on small sets.
-        train = min(n, self.settings.ivf_train_max)
-        return max(1, min(nlist, train // 39))
+    def _append(self, ids: np.ndarray, vecs: np.ndarray) -> None:
+        start = len(self._ids)
+        self._index.add(vecs)
+        self._ids = np.concatenate([self._ids, ids])
+        self._slot.update(zip(ids.tolist(), range(start, start + len(ids))))
+        self._live_bits = None
 
-    def _nprobe(self) -> int:
-        return max(1, min(self.settings.ivf_nprobe, self._index.nlist))
+    def _kill(self, ids: np.ndarray) -> int:
+        """Mark the live slots of ``ids`` dead; returns how many there were."""
+        slots = [s for s in map(self._slot.pop, ids.tolist(), [None] * len(ids)) if s is not None]
+        if slots:
+            self._ids[slots] = -1
+            self._live_bits = None
+        return len(slots)
 
-    def _filter_params(self, allowed: np.ndarray) -> faiss.SearchParameters:
-        # IDSelectorBatch keeps a copy of the ids (hash set + Bloom filter), so ``allowed`` may go.
-        sel = faiss.IDSelectorBatch(allowed)
-        if self.kind == "flat":
-            return faiss.SearchParameters(sel=sel)
-        nlist = self._index.nlist
-        if len(allowed) <= self.settings.exact_max:
-            nprobe = nlist  # every list: exact over the subset, distances only for allowed ids
-        else:
-            fraction = min(1.0, len(allowed) / max(1, len(self)))
-            nprobe = min(nlist, math.ceil(self._nprobe() / fraction))
-        return faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
+    def _compact_if_needed(self) -> None:
+        # Flat: compact at once (a copy of at most exact_max vectors). HNSW: once dead slots
+        # are a large share, since searches then spend time walking through them.
+        if self.dead and (self.kind == "flat" or self.dead > self.settings.rebuild_dead_fraction * len(self._ids)):
+            self.rebuild()
 
-    def _remove(self, ids: np.ndarray) -> int:
-        return int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
+    def _live_bitmap(self) -> np.ndarray:
+        bits = self._live_bits
+        if bits is None:
+            bits = self._live_bits = np.packbits(self._ids >= 0, bitorder="little")
+        return bits
+
+    def _ef(self, fraction: float) -> int:
+        # Dividing by the share of eligible slots keeps the number of eligible candidates
+        # examined near efSearch; capped so a thin filter cannot turn a query into a full scan.
+        return int(min(max(self.settings.hnsw_ef_search / max(fraction, 1e-9), 1), 16 * self.settings.hnsw_ef_search))

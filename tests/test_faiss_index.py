@@ -1,4 +1,4 @@
-"""Contract tests for every VectorIndex (NumPy baseline, FAISS flat, FAISS IVF), then FAISS specifics."""
+"""Contract tests for every VectorIndex (NumPy baseline, FAISS flat, FAISS HNSW), then FAISS specifics."""
 from __future__ import annotations
 
 import threading
@@ -35,14 +35,15 @@ def brute_force(ids: np.ndarray, vecs: np.ndarray, q: np.ndarray, k: int) -> np.
     return ids[order]
 
 
-# IVF made exact for the contract (every list probed); approximation is tested on its own below.
-IVF_EXACT = IndexSettings(exact_max=100, ivf_nprobe=10_000)
+# HNSW made exact for the contract (efSearch above the index size); approximation is tested on
+# its own below.
+HNSW_EXACT = IndexSettings(exact_max=100, hnsw_ef_search=1000)
 FLAT = IndexSettings(exact_max=100_000)
 
 FACTORIES = {
     "numpy": lambda: NumpyIndex(DIM),
     "faiss-flat": lambda: FaissIndex(DIM, FLAT),
-    "faiss-ivf": lambda: FaissIndex(DIM, IVF_EXACT),
+    "faiss-hnsw": lambda: FaissIndex(DIM, HNSW_EXACT),
 }
 
 
@@ -52,7 +53,7 @@ def make(request):
 
 
 def loaded(make, n=400, seed=0):
-    """An index holding ids 1000..1000+n-1 (IVF past its threshold: 400 > exact_max 100)."""
+    """An index holding ids 1000..1000+n-1 (HNSW past its threshold: 400 > exact_max 100)."""
     index = make()
     vecs = random_vecs(n, seed)
     ids = np.arange(1000, 1000 + n, dtype=np.int64)
@@ -174,77 +175,105 @@ def test_bad_arguments_are_clear_errors_and_change_nothing(make, call, message):
 # ---- FAISS specifics ---------------------------------------------------------------------------
 
 
-def test_switches_to_ivf_past_exact_max_and_back_on_rebuild():
-    index = FaissIndex(DIM, IndexSettings(exact_max=100, ivf_nprobe=10_000))
-    vecs = random_vecs(300)
-    index.add(np.arange(100), vecs[:100])
-    assert index.kind == "flat" and index.nlist == 0
-    index.add(np.arange(100, 300), vecs[100:])
-    assert index.kind == "ivf" and index.nlist > 1 and len(index) == 300
-    index.remove(np.arange(250))
-    assert index.kind == "ivf"  # shrinking does not flip the representation under readers
-    index.rebuild()
-    assert index.kind == "flat" and len(index) == 50
-    np.testing.assert_array_equal(index.search(vecs[260:262], 5)[1], brute_force(np.arange(250, 300), vecs[250:], vecs[260:262], 5))
-
-
-def test_ivf_retrains_when_it_has_grown():
-    settings = IndexSettings(exact_max=100, ivf_retrain_growth=2.0)
-    index = FaissIndex(DIM, settings)
-    vecs = clustered(2000)
-    index.add(np.arange(200), vecs[:200])
-    first = index.nlist
-    index.add(np.arange(200, 2000), vecs[200:])
-    assert index.nlist > first and len(index) == 2000
-    assert index._trained_n == 2000
-
-
-def test_ivf_recall_on_clustered_data_with_default_nprobe():
-    vecs = clustered(6000, seed=1)
-    index = FaissIndex(DIM, IndexSettings(exact_max=1000))
-    index.add(np.arange(6000), vecs)
-    assert index.kind == "ivf" and index._nprobe() < index.nlist  # really approximate
-    q = clustered(200, seed=2)
-    _, found = index.search(q, 10)
-    truth = brute_force(np.arange(6000), vecs, q, 10)
-    assert recall(found, truth) >= 0.9
-
-
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(b)) / truth.shape[1] for a, b in zip(found, truth)]))
 
 
-def test_ivf_filtered_search_small_subset_is_exact():
-    vecs = clustered(3000, seed=3)
-    ids = np.arange(3000)
-    index = FaissIndex(DIM, IndexSettings(exact_max=200, ivf_nprobe=1))  # one list: unfiltered is lossy
+def test_switches_to_hnsw_past_exact_max_and_back_on_rebuild():
+    index = FaissIndex(DIM, IndexSettings(exact_max=100, hnsw_ef_search=1000, rebuild_dead_fraction=0.9))
+    vecs = random_vecs(300)
+    index.add(np.arange(100), vecs[:100])
+    assert index.kind == "flat"
+    index.add(np.arange(100, 300), vecs[100:])
+    assert index.kind == "hnsw" and len(index) == 300
+    index.remove(np.arange(250))
+    assert index.kind == "hnsw" and index.dead == 250  # no rebuild under readers below the threshold
+    index.rebuild()
+    assert index.kind == "flat" and len(index) == 50 and index.dead == 0
+    np.testing.assert_array_equal(index.search(vecs[260:262], 5)[1], brute_force(np.arange(250, 300), vecs[250:], vecs[260:262], 5))
+
+
+def test_hnsw_removal_marks_dead_then_rebuilds_past_the_threshold():
+    index = FaissIndex(DIM, IndexSettings(exact_max=100, hnsw_ef_search=1000, rebuild_dead_fraction=0.2))
+    vecs = random_vecs(500)
+    ids = np.arange(500)
     index.add(ids, vecs)
-    q = clustered(30, seed=4)
-    allowed = ids[::301]  # 10 ids in various clusters: every list is probed
-    _, found = index.search(q, 5, allowed_ids=allowed)
-    np.testing.assert_array_equal(found, brute_force(allowed, vecs[allowed], q, 5))
+    assert index.remove(ids[:90]) == 90
+    assert index.dead == 90 and len(index) == 410  # 90 / 500 slots: below 20%
+    _, found = index.search(vecs[:90], 10)
+    assert not np.isin(found, ids[:90]).any()
+    np.testing.assert_array_equal(found, brute_force(ids[90:], vecs[90:], vecs[:90], 10))
+    index.add(ids[90:100], random_vecs(10, seed=3))  # replacements leave dead slots too
+    assert index.dead == 100 and len(index) == 410  # 100 / 510: still below
+    index.add(ids[100:120], random_vecs(20, seed=4))
+    assert index.dead == 0 and index.kind == "hnsw" and len(index) == 410  # 120 / 530 > 20%: rebuilt
+    _, found = index.search(vecs[120:140], 10)
+    np.testing.assert_array_equal(found[:, 0], ids[120:140])
+    assert (found >= 90).all()
 
 
-def test_ivf_filtered_search_large_subset_keeps_unfiltered_recall():
+def test_flat_removal_compacts_at_once():
+    index = FaissIndex(DIM, FLAT)
+    index.add(np.arange(50), random_vecs(50))
+    index.remove(np.arange(10))
+    index.add(np.array([20]), random_vecs(1, seed=8))
+    assert index.dead == 0 and len(index) == 40
+
+
+def test_hnsw_recall_on_clustered_data_with_default_settings():
+    vecs = clustered(6000, seed=1)
+    index = FaissIndex(DIM, IndexSettings(exact_max=1000))
+    index.add(np.arange(6000), vecs)
+    assert index.kind == "hnsw"
+    q = clustered(200, seed=2)
+    _, found = index.search(q, 10)
+    assert recall(found, brute_force(np.arange(6000), vecs, q, 10)) >= 0.9
+
+
+def test_filtered_search_small_subset_is_exact():
     vecs = clustered(3000, seed=3)
     ids = np.arange(3000)
-    index = FaissIndex(DIM, IndexSettings(exact_max=200, ivf_nprobe=2))
+    index = FaissIndex(DIM, IndexSettings(exact_max=200, hnsw_ef_search=4))  # lossy unfiltered
+    index.add(ids, vecs)
+    index.remove(ids[::2])  # dead slots must stay out of the subset too
+    q = clustered(30, seed=4)
+    allowed = ids[::15]  # 200 ids, 100 of them still live: scored exactly
+    _, found = index.search(q, 5, allowed_ids=allowed)
+    live = allowed[allowed % 2 == 1]
+    np.testing.assert_array_equal(found, brute_force(live, vecs[live], q, 5))
+
+
+def test_filtered_search_large_subset_keeps_unfiltered_recall():
+    vecs = clustered(3000, seed=3)
+    ids = np.arange(3000)
+    index = FaissIndex(DIM, IndexSettings(exact_max=200, hnsw_m=8, hnsw_ef_search=4))
     index.add(ids, vecs)
     q = clustered(50, seed=4)
     unfiltered = recall(index.search(q, 5)[1], brute_force(ids, vecs, q, 5))
-    assert unfiltered < 0.9  # approximate at this nprobe, so the comparison means something
-    for allowed in (ids[:2000], ids[::2], ids[::5]):  # above exact_max: probes scaled by 1/fraction
+    assert unfiltered < 0.95  # approximate at this efSearch, so the comparison means something
+    for allowed in (ids[:2000], ids[::2], ids[::5]):  # above exact_max: efSearch scaled by 1/fraction
         _, found = index.search(q, 5, allowed_ids=allowed)
         assert np.isin(found[found >= 0], allowed).all()
         assert recall(found, brute_force(allowed, vecs[allowed], q, 5)) >= unfiltered
 
 
+def test_saved_dead_slots_stay_dead_after_load(tmp_path):
+    index, ids, vecs = loaded(lambda: FaissIndex(DIM, IndexSettings(exact_max=100, hnsw_ef_search=1000)))
+    index.remove(ids[:30])
+    index.save(tmp_path / "idx")
+    again = FaissIndex.load(tmp_path / "idx", index.settings)
+    assert again.kind == "hnsw" and again.dead == 30 and len(again) == len(ids) - 30
+    _, found = again.search(vecs[:30], 10)
+    np.testing.assert_array_equal(found, brute_force(ids[30:], vecs[30:], vecs[:30], 10))
+
+
 def test_vectors_returns_everything_stored():
     index, ids, vecs = loaded(lambda: FaissIndex(DIM, IndexSettings(exact_max=100)))
+    index.remove(ids[:5])
     got_ids, got_vecs = index.vectors()
     order = np.argsort(got_ids)
-    np.testing.assert_array_equal(got_ids[order], ids)
-    np.testing.assert_allclose(got_vecs[order], vecs)
+    np.testing.assert_array_equal(got_ids[order], ids[5:])
+    np.testing.assert_allclose(got_vecs[order], vecs[5:])
 
 
 def test_concurrent_searches_match_serial_and_keep_thread_settings():
@@ -272,7 +301,7 @@ def test_concurrent_searches_match_serial_and_keep_thread_settings():
     assert faiss.omp_get_max_threads() == threads_before
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "meta-format", "meta-missing", "wrong-kind"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "meta-format", "meta-missing", "wrong-kind", "ids"])
 def test_damaged_files_raise_index_corrupt_naming_the_file(tmp_path, damage):
     index, _, _ = loaded(lambda: FaissIndex(DIM, IndexSettings(exact_max=100)))
     d = tmp_path / "idx"
@@ -286,6 +315,8 @@ def test_damaged_files_raise_index_corrupt_naming_the_file(tmp_path, damage):
         (d / "dense.json").write_text((d / "dense.json").read_text().replace('"format": 1', '"format": 99'))
     elif damage == "meta-missing":
         (d / "dense.json").unlink()
+    elif damage == "ids":
+        np.save(d / "ids.npy", np.arange(7))
     elif damage == "wrong-kind":
         NumpyIndex(DIM).save(tmp_path / "np")
         d = tmp_path / "np"

@@ -84,7 +84,7 @@ def test_publish_then_load_round_trips_everything(store, dense_cls):
 
 
 def test_loaded_dense_index_uses_the_store_settings(tmp_path):
-    settings = IndexSettings(ivf_nprobe=3, search_threads=0)
+    settings = IndexSettings(hnsw_ef_search=33, search_threads=0)
     store = SnapshotStore(tmp_path / "index", settings)
     store.publish("default", make_snapshot(1))
     assert store.load("default").dense.settings is settings
