@@ -42,7 +42,7 @@ import numpy as np
 from bot.errors import IndexCorrupt
 from bot.settings import IndexSettings
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: slot ids beside the FAISS file (HNSW with dead slots)
 META_FILE = "dense.json"
 FAISS_FILE = "dense.faiss"
 IDS_FILE = "ids.npy"

@@ -312,7 +312,7 @@ def test_damaged_files_raise_index_corrupt_naming_the_file(tmp_path, damage):
     elif damage == "garbage":
         blob.write_bytes(b"\x00" * blob.stat().st_size)
     elif damage == "meta-format":
-        (d / "dense.json").write_text((d / "dense.json").read_text().replace('"format": 1', '"format": 99'))
+        (d / "dense.json").write_text((d / "dense.json").read_text().replace('"format": 2', '"format": 99'))
     elif damage == "meta-missing":
         (d / "dense.json").unlink()
     elif damage == "ids":
