@@ -33,8 +33,9 @@ from bot.store.models import Message
 
 log = logging.getLogger(__name__)
 
-# An event with its SSE id, or None for a heartbeat (nothing new for heartbeat_s).
-Item = Optional[tuple[Event, Optional[str]]]
+# Events with their SSE ids, as many as were ready at once (written to the socket together), or
+# None for a heartbeat (nothing new for heartbeat_s).
+Item = Optional[list[tuple[Event, Optional[str]]]]
 TERMINAL = ("done", "error")
 KEEP_FINISHED_S = 120.0  # how long a finished answer stays in memory for reconnecting clients
 FAILED = "Sorry, something went wrong while answering. Please try again."
@@ -104,14 +105,17 @@ class AnswerStream:
             if not batch and not finished:
                 yield None
                 continue
+            out: list[tuple[Event, str | None]] = []
             for event, end in batch:
                 i += 1
                 if offset is None:
-                    yield event, self.event_id(end)
+                    out.append((event, self.event_id(end)))
                     continue
-                out = self._resumed(event, end, offset)
-                if out is not None:  # never an id before the resume point: no re-sent text
-                    yield out, self.event_id(max(end, offset))
+                resumed = self._resumed(event, end, offset)
+                if resumed is not None:  # never an id before the resume point: no re-sent text
+                    out.append((resumed, self.event_id(max(end, offset))))
+            if out:
+                yield out
             if finished and i >= len(self.events):
                 return
 
@@ -232,25 +236,25 @@ class Answers:
         """Follow an answer produced by another process through its message row."""
         sent = offset
         row = self._row(message_id)
-        yield Event("meta", {"message_id": message_id, "decision": row.decision or "answer",
-                             "model": row.model_id, "resumed": True}), f"{message_id}:{sent}"
+        yield [(Event("meta", {"message_id": message_id, "decision": row.decision or "answer",
+                               "model": row.model_id, "resumed": True}), f"{message_id}:{sent}")]
         last_change = last_beat = time.monotonic()
         while True:
             row = self._row(message_id)
             if row is None:
-                yield Event("error", {"message": "This answer no longer exists."}), None
+                yield [(Event("error", {"message": "This answer no longer exists."}), None)]
                 return
             text = row.text or ""
             now = time.monotonic()
             # A hand-off's text travels in the handoff event, not as tokens.
             if len(text) > sent and row.decision != "handoff":
-                yield Event("token", {"text": text[sent:]}), f"{message_id}:{len(text)}"
+                yield [(Event("token", {"text": text[sent:]}), f"{message_id}:{len(text)}")]
                 sent, last_change = len(text), now
             if row.complete or row.decision == "error":
-                yield from self._closing(row, sent)
+                yield self._closing(row, sent)
                 return
             if now - last_change > self.stale_after_s:
-                yield Event("error", {"message": "The answer was interrupted. Please ask again."}), None
+                yield [(Event("error", {"message": "The answer was interrupted. Please ask again."}), None)]
                 return
             if now - last_beat >= heartbeat_s:
                 yield None
@@ -258,14 +262,15 @@ class Answers:
             time.sleep(self.poll_s)
 
     @staticmethod
-    def _closing(row: Message, sent: int) -> Iterator[Item]:
+    def _closing(row: Message, sent: int) -> list[tuple[Event, str | None]]:
         eid = f"{row.id}:{sent}"
         if row.decision == "error":
-            yield Event("error", {"message": FAILED}), eid
-            return
+            return [(Event("error", {"message": FAILED}), eid)]
+        out: list[tuple[Event, str | None]] = []
         if row.decision == "handoff":
-            yield Event("handoff", {"reason": "handoff", "message": row.text}), eid
+            out.append((Event("handoff", {"reason": "handoff", "message": row.text}), eid))
         elif row.sources:
-            yield Event("sources", {"sources": row.sources}), eid
-        yield Event("done", {"message_id": row.id, "latency_ms": row.latency_ms,
-                             "ttft_ms": row.ttft_ms, "completion_tokens": row.completion_tokens}), eid
+            out.append((Event("sources", {"sources": row.sources}), eid))
+        out.append((Event("done", {"message_id": row.id, "latency_ms": row.latency_ms,
+                                   "ttft_ms": row.ttft_ms, "completion_tokens": row.completion_tokens}), eid))
+        return out

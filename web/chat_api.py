@@ -24,6 +24,7 @@ from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy import select
 
 from bot.errors import Forbidden, NotFound, SupportbotError
+from bot.events import Event
 from bot.store.models import Conversation
 from web.answers import Item
 from web.context import web
@@ -136,12 +137,11 @@ def public_sources(sources: Iterable[dict], site_key: str) -> list[dict]:
 
 
 def _link_sources(items: Iterable[Item], site_key: str) -> Iterator[Item]:
-    for item in items:
-        if item is not None and item[0].type == "sources":
-            event, eid = item
-            event = type(event)("sources", {"sources": public_sources(event.data.get("sources"), site_key)})
-            item = (event, eid)
-        yield item
+    for batch in items:
+        if batch is not None:
+            batch = [(Event("sources", {"sources": public_sources(e.data.get("sources"), site_key)}), i)
+                     if e.type == "sources" else (e, i) for e, i in batch]
+        yield batch
 
 
 def _stream(items: Iterable[Item], site_key: str) -> Response:

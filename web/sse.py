@@ -31,14 +31,15 @@ def comment(text: str = "ping") -> str:
     return f": {text}\n\n"
 
 
-def with_heartbeats(items: Iterable[tuple[Event, str | None] | None]) -> Iterator[str]:
-    """SSE frames for ``(event, id)`` pairs; each ``None`` from the source becomes a heartbeat."""
+def with_heartbeats(batches: Iterable[list[tuple[Event, str | None]] | None]) -> Iterator[str]:
+    """SSE text for batches of ``(event, id)`` pairs, one write per batch (under load a follower
+    finds several events ready: one write instead of many); each ``None`` becomes a heartbeat."""
     yield f"retry: {RETRY_MS}\n\n"
-    for item in items:
-        if item is None:
+    for batch in batches:
+        if batch is None:
             yield comment()
         else:
-            yield frame(*item)
+            yield "".join(frame(event, eid) for event, eid in batch)
 
 
 def sse_response(frames: Iterable[str], status: int = 200) -> Response:
