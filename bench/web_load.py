@@ -174,7 +174,8 @@ class Visitor:
         await self.writer.drain()
         status, head = await read_head(self.reader)
         if status != 200:
-            raise HTTPError(f"HTTP {status}")
+            body = b"".join([c async for c in body_chunks(self.reader, head)])
+            raise HTTPError(f"HTTP {status} {body[:300]!r}")
         buf, done = b"", False
         async for chunk in body_chunks(self.reader, head):
             buf += chunk

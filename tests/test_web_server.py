@@ -22,15 +22,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("worker_class", ["gthread", "gevent"])
-def test_serve_demo_streams_an_answer(tmp_path, worker_class):
+@pytest.mark.parametrize("worker_class,workers", [("gthread", 2), ("gevent", 1)])
+def test_serve_demo_streams_an_answer(tmp_path, worker_class, workers):
     port = free_port()
     env = {**os.environ, "SUPPORTBOT_EMBEDDER__MODEL": "hashing",
            "SUPPORTBOT_GENERATOR__BACKEND": "extractive",
            "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "bot", "--data-dir", str(tmp_path / "var"), "serve", "--port", str(port),
-         "--demo", "--workers", "2", "--worker-class", worker_class],
+         "--demo", "--workers", str(workers), "--worker-class", worker_class],
         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )
@@ -47,7 +47,7 @@ def test_serve_demo_streams_an_answer(tmp_path, worker_class):
             assert time.time() < deadline, "server did not come up"
             time.sleep(0.3)
         demo = requests.get(base + "/demo", timeout=5)
-        assert demo.status_code == 200
+        assert demo.status_code == 200, demo.text[:500]
         key = demo.text.split('data-site-key="')[1].split('"')[0]
         assert key.startswith("sk_")
         assert "script-src 'self'" in demo.headers["Content-Security-Policy"]
@@ -59,7 +59,8 @@ def test_serve_demo_streams_an_answer(tmp_path, worker_class):
         cid = requests.post(base + "/api/conversations", json={}, headers=auth, timeout=5).json()["id"]
         with requests.post(f"{base}/api/conversations/{cid}/messages", json={"message": "How much does shipping cost?"},
                            headers=auth, stream=True, timeout=30) as r:
-            assert r.status_code == 200 and r.headers["X-Accel-Buffering"] == "no"
+            assert r.status_code == 200, r.text[:500]
+            assert r.headers["X-Accel-Buffering"] == "no"
             events = []
             kind = None
             for line in r.iter_lines(decode_unicode=True):

@@ -54,6 +54,9 @@ def serve(ctx, host, port, workers, threads, worker_class, demo, public_url, acc
         if value is not None:
             setattr(web, name, value)
     settings.ensure_dirs()
+    if web.worker_class == "gevent" and settings.generator.backend == "hf":
+        click.secho("warning: under gevent an in-process model blocks every other stream of its worker "
+                    "while it generates; use --worker-class gthread with the hf backend", fg="yellow", err=True)
     demo_key = None
     base = f"http://{'127.0.0.1' if web.host in ('0.0.0.0', '::') else web.host}:{web.port}"
     from web.demo import demo_origins, prepare_in_subprocess
