@@ -63,16 +63,15 @@ class GoldSources:
 
 class RetrievedSources:
     """The sources the serving path would ground this turn in: the dialogue manager's own
-    ``retrieve`` (same candidates, same earlier turns) and ``select_sources`` policy."""
+    ``retrieve`` (same candidates, same earlier turns) and ``select`` (learned selector or rule).
+    Selected whatever the decision: the agent answered this turn, so it is an answer to learn."""
 
     def __init__(self, dialogue_manager):
         self.dm = dialogue_manager
 
     def __call__(self, message: str, turns: Sequence[dict], turn: dict) -> list:
-        from bot.policy import select_sources
-
         hits = self.dm.retrieve(message, turns)
-        return select_sources(hits, self.dm.settings)
+        return self.dm.select(message, hits)
 
 
 def build_examples(
