@@ -48,7 +48,8 @@ def kb_cache_key(kb_path: Path, settings: Settings) -> str:
     with open(kb_path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
-    h.update(json.dumps([settings.embedder.model_dump(exclude={"batch_size", "device"}),
+    # Only what changes the stored chunks or their vectors.
+    h.update(json.dumps([settings.embedder.model_dump(include={"model", "max_seq_length"}),
                          settings.ingest.model_dump()], sort_keys=True).encode())
     return h.hexdigest()[:20]
 
@@ -75,6 +76,9 @@ def prepare_kb(
     marker = data_dir / MARKER
     if marker.is_file() and comps.snapshots.latest_version(EVAL_BOT):
         info = json.loads(marker.read_text())
+        if comps.snapshots.load(EVAL_BOT) is None:
+            # Index files from an older index format: rebuild them from the stored embeddings.
+            comps.knowledge.publish(EVAL_BOT, progress=progress)
         return PreparedKB(comps, EVAL_BOT, data_dir, {**info, "cached": True})
     t0 = time.perf_counter()
     report = comps.knowledge.ingest(EVAL_BOT, [kb_path], progress=progress)

@@ -22,14 +22,15 @@ from bot.errors import ConfigError
 # Per candidate. dense*: cosine of the query (or of the conversation context) with the chunk;
 # dense_group: mean dense score of the answers to the same FAQ question (dense for other chunks);
 # *_gap: minus the best candidate's value (a pointwise model sees the competition through it);
-# lexical: BM25 divided by the query's best possible BM25 score (in [0, 1]).
+# lexical: BM25 divided by the query's best possible BM25 score (in [0, 1]); *_ctx: the same
+# signals for the last turns before the query (the conversation context).
 FEATURES = (
     "dense",
     "dense_group",
     "dense_gap",
-    "dense_ctx",
     "lexical",
     "lexical_gap",
+    "lexical_ctx",
     "entity",
     "entity_found",
     "faq",

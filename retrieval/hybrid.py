@@ -11,9 +11,10 @@ One ``search`` (see ``retrieval.types.Retriever``):
 6. ``Hit.confidence``: the top hit's calibrated P(relevant), from query-level features, so it is
    low for out-of-scope questions; lower hits get it scaled by their relevance relative to the top.
 
-The conversation enters twice: the entity (any turn, most recent mention wins) and a context
-vector, the mean of the embeddings of the last ``history_turns`` turns (each turn is embedded
-once and remembered, so a new message costs one query embedding plus the newest reply).
+The conversation enters twice, both without embedding anything but the query: the entity (any
+turn, user or agent, most recent mention wins) and the BM25 match of the last ``history_turns``
+turns (``lexical_ctx``). A dense context vector (mean embedding of recent turns) was measured too:
+it did not help on DSTC11 dev and cost an embedding per new turn (bench/tune_fusion.py ablation).
 """
 from __future__ import annotations
 
@@ -131,8 +132,6 @@ class HybridRetriever:
         self.model = model or FusionModel.load(settings.fusion_model or None)
         self._view: SnapshotView | None = None
         self._view_lock = threading.Lock()
-        self._vec_cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._vec_lock = threading.Lock()
 
     # ---- public -------------------------------------------------------------------------
     def search(
@@ -205,12 +204,7 @@ class HybridRetriever:
             ent_ids = None
 
         recent = texts[-self.settings.history_turns:] if self.settings.history_turns > 0 else []
-        vecs = self._embed([query] + recent)  # (1 + t, d)
-        qv = vecs[:1]
-        ctx = vecs[1:].mean(axis=0, keepdims=True) if len(recent) else np.zeros_like(qv)
-        norm = np.linalg.norm(ctx)
-        if norm > 0:
-            ctx = ctx / norm
+        qv = self.embedder.embed([query])  # (1, d)
 
         n = self.settings.candidates
         pool: list[np.ndarray] = []
@@ -220,6 +214,7 @@ class HybridRetriever:
             _, ids = snap.dense.search(qv, n, allowed_ids=ent_ids)
             pool.append(ids[0])
         lex_all = np.zeros(len(view.ids), dtype=np.float32)
+        lex_ctx_all = lex_all
         lexical = snap.lexical
         if lexical is not None and len(lexical):
             raw, best = lexical.scores_all(query)
@@ -228,6 +223,10 @@ class HybridRetriever:
                 pool.append(_top_rows(lex_all, view, n, allowed))
                 if ent_ids is not None:
                     pool.append(_top_rows(lex_all, view, n, ent_ids))
+            if recent:
+                raw, best = lexical.scores_all(" ".join(recent))
+                if best > 0:
+                    lex_ctx_all = _align(raw / best, lexical.ids, view)
         cand = np.unique(np.concatenate(pool))
         cand = cand[cand >= 0]
         if not len(cand):
@@ -239,12 +238,12 @@ class HybridRetriever:
                 cand = np.unique(np.concatenate([cand, *extra]))
                 if allowed is not None:
                     cand = np.intersect1d(cand, allowed)
-        # Exact dense scores of every candidate for the query and the context vector.
-        s, ids = snap.dense.search(np.vstack([qv, ctx]), len(cand), allowed_ids=cand)
+        # Exact dense scores of every candidate (some came from BM25 only).
+        s, ids = snap.dense.search(qv, len(cand), allowed_ids=cand)
         dense = _scores_for(cand, ids[0], s[0])
-        dense_ctx = _scores_for(cand, ids[1], s[1]) if len(recent) else np.zeros(len(cand), np.float32)
         rows = np.fromiter((view.row[int(i)] for i in cand), dtype=np.int64, count=len(cand))
         lex = lex_all[rows]
+        lex_ctx = lex_ctx_all[rows]
         in_entity = (
             np.isin(cand, ent_ids).astype(np.float32) if ent_ids is not None else np.zeros(len(cand), np.float32)
         )
@@ -255,9 +254,9 @@ class HybridRetriever:
             "dense": dense,
             "dense_group": dense_group,
             "dense_gap": dense - dense.max(),
-            "dense_ctx": dense_ctx,
             "lexical": lex,
             "lexical_gap": lex - lex.max(),
+            "lexical_ctx": lex_ctx,
             "entity": in_entity,
             "entity_found": np.full(len(cand), float(ent_ids is not None), np.float32),
             "faq": view.is_faq[rows].astype(np.float32),
@@ -265,21 +264,6 @@ class HybridRetriever:
         }
         X = np.stack([feats[f] for f in FEATURES], axis=1).astype(np.float32)
         return Candidates(cand, X, entity)
-
-    def _embed(self, texts: list[str]) -> np.ndarray:
-        """Embeddings of ``texts``; earlier turns come from a small LRU (no re-embedding)."""
-        with self._vec_lock:
-            have = {t: self._vec_cache[t] for t in texts[1:] if t in self._vec_cache}
-        missing = [texts[0]] + [t for t in dict.fromkeys(texts[1:]) if t not in have]
-        new = self.embedder.embed(missing)
-        got = dict(zip(missing, new))
-        with self._vec_lock:
-            for t, v in list(got.items())[1:]:
-                self._vec_cache[t] = v
-                if len(self._vec_cache) > 2048:
-                    self._vec_cache.popitem(last=False)
-        got.update(have)
-        return np.vstack([new[0]] + [got[t] for t in texts[1:]]).astype(np.float32)
 
 
 def _align(scores: np.ndarray, lex_ids: np.ndarray, view: SnapshotView) -> np.ndarray:
