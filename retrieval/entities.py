@@ -22,6 +22,7 @@ beats everything older. The weights were tuned on DSTC11 train dialogues (bench/
 from __future__ import annotations
 
 import re
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
@@ -169,6 +170,7 @@ class EntityMatcher:
                 self._typo_words.setdefault(w[:2], []).append(w)
         self._cache: OrderedDict[str, list[tuple[int, tuple[str, ...], float]]] = OrderedDict()
         self._cache_size = cache_size
+        self._cache_lock = threading.Lock()  # retrievers share one matcher across threads
 
     def __len__(self) -> int:
         return len(self.names)
@@ -176,10 +178,11 @@ class EntityMatcher:
     def _scan(self, text: str) -> list[tuple[int, tuple[str, ...], float]]:
         """(position, names, strength) of every mention in one text. Memoised: a conversation
         sends the same turns again with each new message."""
-        found = self._cache.get(text)
-        if found is not None:
-            self._cache.move_to_end(text)
-            return found
+        with self._cache_lock:
+            found = self._cache.get(text)
+            if found is not None:
+                self._cache.move_to_end(text)
+                return found
         toks = normalise(text)
         found = []
         i = 0
@@ -202,9 +205,10 @@ class EntityMatcher:
             n, owners, strength = hit
             found.append((i, tuple(sorted(owners)), strength))
             i += n
-        self._cache[text] = found
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        with self._cache_lock:
+            self._cache[text] = found
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
         return found
 
     def find(self, texts: Sequence[str]) -> list[Mention]:

@@ -27,7 +27,7 @@ import numpy as np
 
 from bot.settings import RetrievalSettings
 from retrieval.entities import EntityMatcher, entity_of
-from retrieval.fusion import FEATURES, QUERY_FEATURES, FusionModel
+from retrieval.fusion import FEATURES, FusionModel
 from retrieval.types import ChunkInfo, Embedder, Hit, Turn
 
 
@@ -104,8 +104,8 @@ class SnapshotView:
 
 @dataclass
 class Candidates:
-    """Candidate chunks of one query and their features: ``X`` is (n, len(FEATURES)),
-    ``q`` the query-level features (len(QUERY_FEATURES)) before the model's score is added."""
+    """Candidate chunks of one query: ids (n,), features ``X`` (n, len(FEATURES)) and the
+    entity (or ambiguous group) the conversation is about, ``()`` when none."""
 
     ids: np.ndarray
     X: np.ndarray
