@@ -99,9 +99,13 @@ class Components:
     @cached_property
     def generator(self):
         def build():
-            from bot.generators import build_generator
+            # Follows `supportbot promote`: a newly promoted model is swapped in on the next
+            # request, without a restart (streams in flight finish on the old one).
+            from training.registry import following_generator
 
-            return build_generator(self.settings.generator, self.settings.data_dir)
+            return following_generator(
+                self.settings.generator, self.settings.data_dir, self.settings.index.reload_interval_s
+            )
 
         return self._part("generator", build)
 
