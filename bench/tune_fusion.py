@@ -170,6 +170,30 @@ def calibration(p: np.ndarray, y: np.ndarray, bins: int = 10) -> dict:
     return {"n": len(p), "mean_conf": round(float(p.mean()), 3), "accuracy": round(float(y.mean()), 3), "ece": round(float(ece), 4), "bins [range, n, mean conf, frac gold]": table}
 
 
+def compare_analyzers(retr: dict, sf: list[dict], ds: list[dict]) -> dict:
+    """BM25 alone with each analyzer: StackFAQ recall@1 over everything, DSTC11 recall@5 within
+    the conversation's entity (how the retriever uses BM25 there)."""
+    from retrieval.bm25_index import Analyzer, BM25Index
+
+    out = {}
+    for stem, stop in (("english", True), ("english", False), ("", True), ("", False)):
+        row = {}
+        for name, queries, k in (("stackfaq", sf, 1), ("dstc11", ds, 5)):
+            view = retr[name].view()
+            cat = view.snapshot.catalog
+            ids = list(cat)
+            index = BM25Index(Analyzer(stem, stop)).build(ids, [f"{cat[i].title}\n{cat[i].text}" for i in ids])
+            found = []
+            for q in queries:
+                ent = view.matcher.current([t["text"] for t in q["turns"]] + [q["query"]]) if view.matcher else ()
+                allowed = np.concatenate([view.entity_ids[e] for e in ent]) if ent else None
+                _, top = index.search(q["query"], k, allowed_ids=allowed)
+                found.append(any(cat[int(i)].doc_id in q["gold"] for i in top))
+            row[f"{name} recall@{k}"] = round(float(np.mean(found)), 4)
+        out[f"stemmer={stem or 'none'} stopwords={stop}"] = row
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
@@ -177,6 +201,7 @@ def main() -> None:
     ap.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the ranking model")
     ap.add_argument("--bitext", type=int, default=600, help="out-of-scope Bitext requests to sample")
     ap.add_argument("--write", type=Path, default=None, help="write the fitted model here (retrieval/fusion.json)")
+    ap.add_argument("--analyzers", action="store_true", help="also compare BM25 analyzers (stemming, stopwords)")
     args = ap.parse_args()
     t_start = time.time()
 
@@ -309,6 +334,8 @@ def main() -> None:
     report["model"] = {"weights": dict(zip(FEATURES, np.round(model.weights, 3).tolist())), "bias": round(model.bias, 3),
                        "conf_weights": dict(zip(QUERY_FEATURES, np.round(model.conf_weights, 3).tolist())),
                        "conf_bias": round(model.conf_bias, 3)}
+    if args.analyzers:
+        report["bm25 analyzers (BM25 alone, dev data)"] = compare_analyzers(retr, sf, ds_dev)
     report["seconds"] = round(time.time() - t_start, 1)
     print(json.dumps(report, indent=1))
     if args.write:
