@@ -103,6 +103,8 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-sources", type=int, default=8,
+                    help="cap used while picking the threshold (calibrate_policy.py then picks the cap)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     random.seed(args.seed)
@@ -133,7 +135,7 @@ def main() -> None:
     )
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-3)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    max_sources = settings.dialogue.max_sources
+    max_sources = args.max_sources
     grid = [round(t, 2) for t in np.arange(0.1, 0.91, 0.05)]
 
     def probs(sets):
@@ -161,7 +163,7 @@ def main() -> None:
 
     p_report = probs(report)
     learned = micro_f1(report, p_report, threshold, max_sources)
-    rule = rule_f1(report, settings.dialogue)
+    rule = rule_f1(report, settings.dialogue.model_copy(update={"selector": ""}))
 
     sd = net.state_dict()
     meta = {
@@ -188,7 +190,7 @@ def main() -> None:
     print(json.dumps({
         "selector": str(args.out), **meta,
         f"report ({args.report}, {len(report)} knowledge turns, selection whatever the decision)": {
-            "rule (DialogueSettings defaults)": fig(rule), "learned": fig(learned)},
+            "rule (DialogueSettings defaults)": fig(rule), f"learned (max {max_sources})": fig(learned)},
         "gold_in_candidates_recall": round(
             sum(min(1, int(s["y"].sum())) for s in report) / max(1, len(report)), 4),
         "seconds": round(time.perf_counter() - t0, 1),

@@ -71,8 +71,6 @@ def test_load_refuses_another_embedder_and_bad_files(tmp_path):
 
 def test_bundled_selector_is_readable():
     path = BUNDLED["dstc11"]
-    if not path.is_file():
-        pytest.skip("bundled selector not trained yet (bench/train_selector.py)")
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
         assert data["w1"].shape[0] == 2 * 384 + N_SCALAR
