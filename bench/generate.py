@@ -55,30 +55,32 @@ def kb_sources(kb: Path, limit: int = 400) -> list[dict]:
 
 
 def grounded_prompt(gen, sources: list[dict], n_tokens: int) -> list[dict]:
-    """Chat messages whose templated prompt has ``n_tokens`` tokens (or as close as the KB allows)."""
+    """Chat messages whose templated prompt has about ``n_tokens`` tokens (at most that many).
+
+    Sources are taken in order and cut at a character budget, found by bisection.
+    """
     from bot.prompting import build_messages
     from bot.settings import DialogueSettings
 
     system = DialogueSettings().system_prompt
 
-    def messages(srcs):
-        return build_messages(QUESTION, srcs, [], system)
+    def messages(budget: int) -> list[dict]:
+        used, left = [], budget
+        for src in sources:
+            if left <= 0:
+                break
+            used.append(dict(src, text=src["text"][:left]))
+            left -= len(src["text"])
+        return build_messages(QUESTION, used, [], system)
 
-    used: list[dict] = []
-    for src in sources:
-        if len(gen.prompt_ids(messages(used + [src]))) > n_tokens:
-            lo, hi = 0, len(src["text"])  # cut the last source to land on n_tokens
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                cut = dict(src, text=src["text"][:mid])
-                if len(gen.prompt_ids(messages(used + [cut]))) <= n_tokens:
-                    lo = mid
-                else:
-                    hi = mid - 1
-            used.append(dict(src, text=src["text"][:lo]))
-            break
-        used.append(src)
-    return messages(used)
+    lo, hi = 0, sum(len(s["text"]) for s in sources)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(gen.prompt_ids(messages(mid))) <= n_tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    return messages(lo)
 
 
 def run_baseline(gen, prompt_ids: list[int], new_tokens: int) -> tuple[dict, list[int]]:
@@ -124,10 +126,19 @@ def run_backend(gen, messages: list[dict], new_tokens: int) -> dict:
     return {"ttft_ms": (first - start) * 1000, "decode_tok_s": (n - first_count) / (end - first)}
 
 
-def backend_ids(gen, prompt_ids: list[int], new_tokens: int) -> list[int]:
+def greedy_ids(gen, messages: list[dict], new_tokens: int) -> tuple[list[int], list[int]]:
+    """Greedy tokens of plain ``generate()`` and of the backend's loop, each up to its first EOS."""
+    import torch
+
     from bot.generators.decoding import Sampler, decode_tokens
 
-    return list(decode_tokens(gen.runner, prompt_ids, new_tokens, [], Sampler()))
+    prompt = gen.prompt_ids(messages)
+    ids = torch.tensor([prompt], device=gen.device)
+    with torch.inference_mode():
+        out = gen.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                 do_sample=False, eos_token_id=gen.eos_ids)
+    reference = out[0, len(prompt):].tolist()
+    return reference, list(decode_tokens(gen.runner, prompt, new_tokens, gen.eos_ids, Sampler()))
 
 
 def with_runner(gen, runner, fn, *args):
@@ -161,14 +172,13 @@ def bench_config(model_dir: str, device: str, dtype: str, threads: int, sources,
     run_baseline(gen, prompt_ids, 4)
     runs: dict[str, list[dict]] = {"baseline_generate": [], "hf_forward_loop": [], "hf_backend": []}
     for _ in range(args.repeats):
-        b, ids = run_baseline(gen, prompt_ids, args.new_tokens)
-        runs["baseline_generate"].append(b)
+        runs["baseline_generate"].append(run_baseline(gen, prompt_ids, args.new_tokens)[0])
         runs["hf_forward_loop"].append(with_runner(gen, plain, run_backend, messages, args.new_tokens))
         runs["hf_backend"].append(run_backend(gen, messages, args.new_tokens))
-    same = {
-        "hf_backend": ids == backend_ids(gen, prompt_ids, args.new_tokens),
-        "hf_forward_loop": ids == with_runner(gen, plain, backend_ids, prompt_ids, args.new_tokens),
-    }
+    reference, mine = greedy_ids(gen, messages, args.new_tokens)
+    _, mine_plain = with_runner(gen, plain, greedy_ids, messages, args.new_tokens)
+    same = {"hf_backend": mine == reference, "hf_forward_loop": mine_plain == reference,
+            "tokens_compared": len(reference)}
     med = {name: {k: median_of(r, k) for k in ("ttft_ms", "decode_tok_s")} for name, r in runs.items()}
     base = med["baseline_generate"]
     result = {

@@ -14,7 +14,9 @@ from bot.errors import ConfigError, GeneratorError
 from bot.generators import BACKENDS, build_generator
 from bot.generators import default_model
 from bot.generators.base import GenerationStream, StopMatcher, word_pieces
-from bot.generators.decoding import IncrementalDetokenizer, Sampler, decode_tokens
+from bot.generators import fast_llama
+from bot.generators.decoding import HFRunner, IncrementalDetokenizer, Sampler, decode_tokens
+from bot.generators.fast_llama import FastLlama
 from bot.generators.extractive_generator import DONT_KNOW, ExtractiveGenerator
 from bot.generators.hf_generator import HFGenerator
 from bot.generators.openai_generator import OpenAIGenerator
@@ -52,34 +54,51 @@ def generate_ids(gen: HFGenerator, messages, n: int, **kw) -> list[int]:
     ids = gen.prompt_ids(messages)
     with torch.inference_mode():
         out = gen.model.generate(
-            torch.tensor([ids]), max_new_tokens=n, do_sample=False, eos_token_id=gen._eos_ids, **kw
+            torch.tensor([ids]), max_new_tokens=n, do_sample=False, eos_token_id=gen.eos_ids, **kw
         )
     return out[0, len(ids):].tolist()
 
 
 def decoded(gen: HFGenerator, ids: list[int]) -> str:
-    ids = [i for i in ids if i not in gen._eos_ids]
+    ids = [i for i in ids if i not in gen.eos_ids]
     return gen.tokenizer.decode(ids, skip_special_tokens=True)
 
 
 # -- hf backend ---------------------------------------------------------------------------------
+RUNNERS = {"fast_llama": lambda m: FastLlama(m), "hf_forward": lambda m: HFRunner(m)}
+
+
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
 @pytest.mark.parametrize("messages", PROMPTS)
-def test_own_decode_loop_equals_generate_greedy_token_for_token(hf, messages):
+def test_own_decode_loop_equals_generate_greedy_token_for_token(hf, messages, runner):
     ids = hf.prompt_ids(messages)
-    mine = list(decode_tokens(hf.model, ids, 40, hf._eos_ids, Sampler()))
+    mine = list(decode_tokens(RUNNERS[runner](hf.model), ids, 40, hf.eos_ids, Sampler()))
     assert mine == generate_ids(hf, messages, 40)
     assert len(set(mine)) > 5  # a varied reply, not one token repeated
 
 
-def test_greedy_equality_holds_with_repetition_penalty_and_in_bfloat16(tiny_lm_dir, hf):
+def test_the_lean_forward_is_used_for_llama_and_gives_the_same_logits(hf):
+    assert isinstance(hf.runner, FastLlama)
+    ids = torch.tensor(hf.prompt_ids(PROMPTS[1]))
+    fast, plain = hf.runner, HFRunner(hf.model)
+    fc, pc = fast.new_cache(len(ids) + 2), plain.new_cache(len(ids) + 2)
+    # Prefill in two chunks (the second attends to the cached first) and one single-token step.
+    for part in (ids[:7], ids[7:], ids[-1:]):
+        assert torch.allclose(fast.forward(part, fc), plain.forward(part, pc), atol=1e-4)
+    assert not fast_llama.supports(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+def test_greedy_equality_holds_with_repetition_penalty_and_in_bfloat16(tiny_lm_dir, hf, runner):
     ids = hf.prompt_ids(PROMPTS[0])
-    mine = list(decode_tokens(hf.model, ids, 30, hf._eos_ids, Sampler(repetition_penalty=1.3)))
+    make = RUNNERS[runner]
+    mine = list(decode_tokens(make(hf.model), ids, 30, hf.eos_ids, Sampler(repetition_penalty=1.3)))
     assert mine == generate_ids(hf, PROMPTS[0], 30, repetition_penalty=1.3)
-    assert mine != list(decode_tokens(hf.model, ids, 30, hf._eos_ids, Sampler()))
+    assert mine != list(decode_tokens(make(hf.model), ids, 30, hf.eos_ids, Sampler()))
     bf = HFGenerator(tiny_lm_dir, device="cpu", dtype="bfloat16").load()
     assert bf.model.dtype == torch.bfloat16
     ids = bf.prompt_ids(PROMPTS[1])
-    assert list(decode_tokens(bf.model, ids, 30, bf._eos_ids, Sampler())) == generate_ids(bf, PROMPTS[1], 30)
+    assert list(decode_tokens(make(bf.model), ids, 30, bf.eos_ids, Sampler())) == generate_ids(bf, PROMPTS[1], 30)
 
 
 @pytest.mark.parametrize("messages", PROMPTS)
@@ -119,7 +138,7 @@ def test_stop_string_ends_the_reply_before_it(hf):
 def test_end_of_sequence_token_stops_and_is_not_shown(tiny_lm_dir):
     gen = HFGenerator(tiny_lm_dir, device="cpu", dtype="float32").load()
     ids = generate_ids(gen, PROMPTS[0], 12)
-    gen._eos_ids = [ids[5]]  # pretend the 6th greedy token ends the turn
+    gen.eos_ids = [ids[5]]  # pretend the 6th greedy token ends the turn
     stream = gen.stream(PROMPTS[0], max_new_tokens=12)
     assert stream.text() == gen.tokenizer.decode(ids[:5], skip_special_tokens=True)
     assert stream.finish_reason == "stop"

@@ -11,6 +11,8 @@ computes logits for every prompt position unless told otherwise. Here:
 * prefill asks for the last position's logits only (``logits_to_keep=1``);
 * the loop runs in the caller's thread under ``torch.inference_mode`` and yields token ids as it
   goes (no streamer thread, no queue);
+* Llama-family models skip transformers' general forward for ``fast_llama``'s lean one (same
+  arithmetic on the same parameters); other models run their own forward (``HFRunner``);
 * the sampler does only what was asked (argmax for greedy).
 
 Greedy output equals ``generate()``'s token for token (tested on a tiny model).
@@ -136,8 +138,43 @@ class Sampler:
         return int(torch.multinomial(probs, 1, generator=self.rng))
 
 
+class HFRunner:
+    """Any transformers causal LM through its own ``forward``, with a preallocated KV cache."""
+
+    def __init__(self, model):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self._kw = cache_kwarg(model)
+
+    def new_cache(self, capacity: int):
+        cache = new_cache(capacity)
+        cache.call_length = 0  # tokens fed so far (positions of the next ones)
+        return cache
+
+    @torch.inference_mode()
+    def forward(self, ids: torch.Tensor, cache) -> torch.Tensor:
+        """Feed ``ids`` (T,) after what ``cache`` holds; return the last position's logits (V,)."""
+        start = cache.call_length
+        positions = torch.arange(start, start + ids.shape[0], device=self.device).unsqueeze(0)
+        out = self.model(
+            input_ids=ids.unsqueeze(0), position_ids=positions, use_cache=True, logits_to_keep=1,
+            **{self._kw: cache},
+        )
+        cache.call_length = start + ids.shape[0]
+        return out.logits[0, -1].float()
+
+
+def make_runner(model, fast: bool = True):
+    """The lean Llama-family runner when the model allows it (and ``fast``), else ``HFRunner``."""
+    from bot.generators import fast_llama
+
+    if fast and fast_llama.supports(model):
+        return fast_llama.FastLlama(model)
+    return HFRunner(model)
+
+
 def decode_tokens(
-    model,
+    runner,
     prompt_ids: Sequence[int],
     max_new_tokens: int,
     eos_ids: Sequence[int],
@@ -146,35 +183,29 @@ def decode_tokens(
 ) -> Iterator[int]:
     """Yield up to ``max_new_tokens`` new token ids; an id in ``eos_ids`` is yielded, then it stops.
 
-    The generator may be closed early (stop string found, client gone): the cache is simply dropped.
+    ``runner`` has ``new_cache(capacity)`` and ``forward(ids (T,), cache) -> logits (V,)``
+    (``HFRunner`` or ``fast_llama.FastLlama``). The generator may be closed early (stop string
+    found, client gone): the cache is simply dropped.
     """
     if max_new_tokens <= 0:
         return
     lock = model_lock if model_lock is not None else contextlib.nullcontext()
-    device = next(model.parameters()).device
+    device = runner.device
     eos = set(int(i) for i in eos_ids)
-    n_prompt = len(prompt_ids)
-    cache = new_cache(n_prompt + max_new_tokens)
-    kw = cache_kwarg(model)
+    cache = runner.new_cache(len(prompt_ids) + max_new_tokens)
     track_seen = sampler.penalty != 1.0
     seen = torch.tensor(list(prompt_ids), dtype=torch.long, device=device) if track_seen else None
-
-    ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)  # (1, T)
-    positions = torch.arange(n_prompt, device=device).unsqueeze(0)
-    for step in range(max_new_tokens):
-        with lock, torch.inference_mode():
-            out = model(
-                input_ids=ids, position_ids=positions, use_cache=True, logits_to_keep=1, **{kw: cache}
-            )
-            logits = out.logits[0, -1].float()  # (V,)
+    ids = torch.tensor(list(prompt_ids), dtype=torch.long, device=device)  # (T,) the prompt first
+    for _ in range(max_new_tokens):
+        with lock:
+            logits = runner.forward(ids, cache)  # (V,) float32
         token = sampler(logits, seen)
         yield token
         if token in eos:
             return
-        ids = torch.tensor([[token]], dtype=torch.long, device=device)  # (1, 1)
-        positions = torch.tensor([[n_prompt + step]], dtype=torch.long, device=device)
+        ids = torch.tensor([token], dtype=torch.long, device=device)  # (1,)
         if track_seen:
-            seen = torch.cat([seen, ids[0]])
+            seen = torch.cat([seen, ids])
 
 
 class IncrementalDetokenizer:

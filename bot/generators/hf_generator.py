@@ -5,7 +5,8 @@ converted once from its GGUF file, see ``default_model``). Device ``auto`` means
 when present, else the CPU in float32, or bfloat16 where oneDNN has native bfloat16 kernels
 (AVX512-BF16/AMX); on AVX2-only CPUs bfloat16 matmuls are emulated and slower (see
 ``bench/generate.py``). Decoding runs ``decoding.decode_tokens`` (a preallocated KV cache and one
-forward per token in the caller's thread), not ``generate()``.
+forward per token in the caller's thread; the lean ``fast_llama`` forward for Llama-family
+models), not ``generate()``.
 
 Thread safety: one instance serves many threads. Each ``stream`` call owns its cache and sampler;
 forwards take the model lock (streams interleave per token); the Rust tokenizer is used under its
@@ -72,6 +73,7 @@ class HFGenerator(UsageMixin):
         top_p: float = 1.0,
         repetition_penalty: float = 1.0,
         threads: int = 0,
+        fast: bool = True,
     ):
         self.model_name = str(model)
         self.model_id = DEFAULT_MODEL_ID if self.model_name == "default" else self.model_name
@@ -84,7 +86,9 @@ class HFGenerator(UsageMixin):
             "repetition_penalty": repetition_penalty,
         }
         self.threads = threads
+        self.fast = fast  # the lean Llama-family forward where it applies (see fast_llama)
         self.tokenizer = None
+        self.runner = None
         self.model = None
         self.device: str | None = None
         self.dtype = None
@@ -136,9 +140,13 @@ class HFGenerator(UsageMixin):
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
             except Exception as exc:
                 raise GeneratorError(f"generator model {path!r}: cannot load ({exc})") from exc
-            self.model = model.to(device).eval()
+            from bot.generators.decoding import make_runner
+
+            model = model.to(device).eval()
+            self.runner = make_runner(model, self.fast)
+            self.model = model
             self.device, self.dtype = device, dtype
-            self._eos_ids = self._find_eos_ids()
+            self.eos_ids = self._find_eos_ids()
             self._max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         return self
 
@@ -180,7 +188,11 @@ class HFGenerator(UsageMixin):
 
     # -- generation ------------------------------------------------------------------------
     def stream(self, messages: Sequence[dict], **params: Any) -> GenerationStream:
-        """Stream the reply. Params: max_new_tokens, temperature, top_p, stop, repetition_penalty, seed."""
+        """Stream the reply.
+
+        Params: max_new_tokens, temperature, top_p, stop, repetition_penalty, seed, and
+        ignore_eos (generate exactly max_new_tokens; for benchmarks).
+        """
         self.load()
         opts = {**self.defaults, **{k: v for k, v in params.items() if v is not None}}
         prompt = self.prompt_ids(messages)
@@ -207,18 +219,19 @@ class HFGenerator(UsageMixin):
             raise GeneratorError(f"generator params: {exc}") from exc
 
         def pieces(handle: GenerationStream) -> Iterator[str]:
-            yield from self._pieces(handle, prompt, max_new, sampler, stop_list(opts.get("stop")))
+            eos = [] if opts.get("ignore_eos") else self.eos_ids
+            yield from self._pieces(handle, prompt, max_new, sampler, stop_list(opts.get("stop")), eos)
 
         return GenerationStream(pieces, self.model_id, on_finish=self._record_usage)
 
-    def _pieces(self, handle, prompt, max_new, sampler, stop) -> Iterator[str]:
+    def _pieces(self, handle, prompt, max_new, sampler, stop, eos_ids) -> Iterator[str]:
         from bot.generators.decoding import IncrementalDetokenizer, decode_tokens
 
         handle.usage["prompt_tokens"] = len(prompt)
         detok = IncrementalDetokenizer(self.tokenizer)
         matcher = StopMatcher(stop)
-        eos = set(self._eos_ids)
-        tokens = decode_tokens(self.model, prompt, max_new, self._eos_ids, sampler, self._model_lock)
+        eos = set(eos_ids)
+        tokens = decode_tokens(self.runner, prompt, max_new, eos_ids, sampler, self._model_lock)
         try:
             for token in tokens:
                 handle.usage["completion_tokens"] += 1
