@@ -132,7 +132,8 @@ class WebSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
-    threads: int = 64
+    # gthread: open streams one worker holds (each stream is one thread; idle threads cost little).
+    threads: int = 256
     max_message_chars: int = 2000
     max_upload_mb: float = 20.0
     visitor_token_ttl_s: int = 3600

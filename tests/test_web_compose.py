@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from bot.settings import Settings
+from web_fixtures import *  # noqa: F401,F403 - fixtures (app, client)
 
 REPO = Path(__file__).resolve().parent.parent
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?([-?])([^}]*))?\}")
@@ -128,5 +129,3 @@ def test_secret_key_is_required(compose):
     raw = compose["services"]["web"]["environment"]["SUPPORTBOT_WEB__SECRET_KEY"]
     assert ":?" in raw  # compose refuses to start without it
 
-
-from web_fixtures import app, client, components, web_settings  # noqa: E402,F401 - fixtures
