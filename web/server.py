@@ -3,11 +3,11 @@
 Why gthread (the default), from bench/web_load.py on a 2-core machine shared with other work,
 2 workers, SQLite, visitors arriving over 10 s, 12-s answers (so all streams overlap):
 
-  gthread: 500 concurrent streams with zero errors in every run (1000 in the quieter runs);
-           p50/p95 time to first event 0.3-4.2 s / 5-12 s at N=500, depending on the load.
-  gevent:  at most 250 with zero errors; at N=250 p50 10.3 s, p95 15.6 s (same run as gthread's
-           500). SQLite's busy wait and the CPU-bound retrieval block a whole gevent worker, while
-           in gthread they block one thread (and release the GIL).
+  gthread: 500 concurrent streams with zero errors in every run (1000 in two of five runs);
+           at N=500 p50/p95 time to first event 0.24-4.2 s / 4.1-12 s, depending on the load.
+  gevent:  250-500 with zero errors; in the same run as gthread's 0.24 s / 4.1 s at N=500,
+           gevent's were 15.7 s / 22.9 s. SQLite's busy wait and the CPU-bound retrieval block a
+           whole gevent worker, while in gthread they block one thread (and release the GIL).
 
 gthread also keeps streaming while a local (CPU-bound) model generates in another thread;
 under gevent a generating greenlet would stall every other stream of its worker. gevent stays
