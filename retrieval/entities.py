@@ -17,7 +17,9 @@ distinctive name word with one typo ("allenbel").
 Each mention has a strength (full name 1.0 > core alias > other part > typo); the conversation is
 about the mention with the best ``strength * decay ** turns_back`` (ties: the later one), so a
 full name two turns ago beats a weak partial word in the last turn, and a name in the last turn
-beats everything older. The weights were tuned on DSTC11 train dialogues (bench/tune_entities.py).
+beats everything older. ``decay`` was chosen on DSTC11 train dialogues; on dev knowledge-seeking
+turns the matcher finds the gold entity for 98.1%, the exact name mentioned last for 93.0%
+(bench/tune_entities.py).
 """
 from __future__ import annotations
 
