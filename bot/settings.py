@@ -62,9 +62,6 @@ class IngestSettings(BaseModel):
 
 class RetrievalSettings(BaseModel):
     k: int = 5
-    # Fusion and entity weights; tuned on dev splits (see README, benchmarks).
-    dense_weight: float = 1.0
-    lexical_weight: float = 0.3
     history_turns: int = 3
     # Candidates taken from each of dense and BM25 (over everything and within the entity)
     # before the fusion model ranks them.
