@@ -13,7 +13,7 @@ import torch
 from bot.errors import ConfigError, GeneratorError
 from bot.generators import BACKENDS, build_generator
 from bot.generators import default_model
-from bot.generators.base import GenerationStream, StopMatcher, word_pieces
+from bot.generators.base import GenerationStream, Generator, StopMatcher, word_pieces
 from bot.generators import fast_llama
 from bot.generators.decoding import HFRunner, IncrementalDetokenizer, Sampler, decode_tokens
 from bot.generators.fast_llama import FastLlama
@@ -401,6 +401,7 @@ def test_build_generator_chooses_the_backend_by_name_and_builds_cheaply(tiny_lm_
     assert isinstance(build_generator(GeneratorSettings(backend="extractive"), tmp_path), ExtractiveGenerator)
     default = build_generator(GeneratorSettings(), tmp_path)
     assert default.model_id == "SmolLM2-135M-Instruct" and default.model is None
+    assert all(isinstance(g, Generator) for g in (hf_gen, oa, default, ExtractiveGenerator()))
     with pytest.raises(ConfigError, match="model name"):
         build_generator(GeneratorSettings(backend="openai"), tmp_path)
     with pytest.raises(ConfigError, match="choose one of"):

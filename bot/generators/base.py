@@ -41,7 +41,10 @@ def word_pieces(text: str) -> list[str]:
 @runtime_checkable
 class Generator(Protocol):
     model_id: str
-    tokenizer: Any
+    tokenizer: Any  # the model's own tokenizer, or None (openai, extractive)
+
+    @property
+    def last_usage(self) -> dict | None: ...
 
     def load(self) -> "Generator": ...
 
