@@ -406,3 +406,15 @@ def test_build_generator_chooses_the_backend_by_name_and_builds_cheaply(tiny_lm_
         build_generator(GeneratorSettings(backend="openai"), tmp_path)
     with pytest.raises(ConfigError, match="choose one of"):
         build_generator(GeneratorSettings().model_copy(update={"backend": "gpt5"}), tmp_path)
+
+
+def test_a_model_without_chat_template_gets_a_plain_transcript_prompt(tiny_lm_dir, tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(tiny_lm_dir, base)
+    (base / "chat_template.jinja").unlink(missing_ok=True)
+    gen = HFGenerator(base, max_new_tokens=5, device="cpu", dtype="float32")
+    gen._ensure_tokenizer()
+    gen.tokenizer.chat_template = None
+    prompt = gen.tokenizer.decode(gen.prompt_ids(PROMPTS[1]))
+    assert prompt.startswith("system: Answer from the sources.") and prompt.endswith("\nassistant:")
+    assert gen.stream(PROMPTS[1]).usage is not None and len(gen.stream(PROMPTS[1]).text()) > 0
