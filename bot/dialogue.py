@@ -59,7 +59,11 @@ class DialogueManager:
         if settings.selector:
             from bot.selector import load_selector
 
+            from bot.selector import SnapshotVectors
+
             self.selector = load_selector(settings.selector, getattr(retriever, "embedder", None))
+            if self.selector is not None:
+                self.selector.stored_vectors = SnapshotVectors(retriever)
 
     # -- the parts, usable alone (evaluation runs them without storing) ------------------------
     def retrieve(self, message: str, turns: Sequence[dict]) -> list[Hit]:

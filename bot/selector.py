@@ -61,8 +61,10 @@ def features(qvec: np.ndarray, hvecs: np.ndarray, hits: Sequence[Hit], k: int) -
 class LearnedSelector:
     """``select(message, hits, max_sources)``: the passages with P >= threshold (always the best one)."""
 
-    def __init__(self, embedder, weights: dict[str, np.ndarray], meta: dict):
+    def __init__(self, embedder, weights: dict[str, np.ndarray], meta: dict, stored_vectors=None):
         self.embedder = embedder
+        # chunk ids -> (n, d) stored passage vectors, or None (then the texts are embedded)
+        self.stored_vectors = stored_vectors
         self.w1, self.b1 = weights["w1"], weights["b1"]  # (in, h), (h,)
         self.w2, self.b2 = weights["w2"], weights["b2"]  # (h,), ()
         self.meta = meta
@@ -104,7 +106,10 @@ class LearnedSelector:
         if not hits:
             return np.zeros(0, np.float32)
         qvec = self.embedder.embed([message])[0]
-        x = features(qvec, self._vectors([h.text for h in hits]), hits, self.k)
+        hvecs = self.stored_vectors([h.chunk_id for h in hits]) if self.stored_vectors else None
+        if hvecs is None:
+            hvecs = self._vectors([h.text for h in hits])
+        x = features(qvec, hvecs, hits, self.k)
         h = np.maximum(x @ self.w1 + self.b1, 0.0)  # (n, hidden)
         return 1.0 / (1.0 + np.exp(-(h @ self.w2 + self.b2)))
 
@@ -119,6 +124,34 @@ class LearnedSelector:
         order = order[:max_sources]
         # Keep the retriever's order among the chosen: the best-ranked passage stays [1].
         return [hits[i] for i in sorted(order)]
+
+
+class SnapshotVectors:
+    """Passage vectors stored in the retriever's current index snapshot, by chunk id, so the
+    selector does not embed passages again. Returns None when a chunk is not there."""
+
+    def __init__(self, retriever):
+        self.retriever = retriever
+        self._snapshot = None
+        self._rows: dict[int, int] = {}
+        self._vecs = np.zeros((0, 0), np.float32)
+        self._lock = threading.Lock()
+
+    def __call__(self, chunk_ids: Sequence[int]) -> np.ndarray | None:
+        view = self.retriever.view() if hasattr(self.retriever, "view") else None
+        snap = getattr(view, "snapshot", None)
+        dense = getattr(snap, "dense", None)
+        if dense is None or not hasattr(dense, "vectors"):
+            return None
+        with self._lock:
+            if snap is not self._snapshot:
+                ids, vecs = dense.vectors()
+                self._rows = {int(i): r for r, i in enumerate(ids)}
+                self._vecs, self._snapshot = vecs.astype(np.float32), snap
+            rows = [self._rows.get(int(i)) for i in chunk_ids]
+            if any(r is None for r in rows):
+                return None
+            return self._vecs[rows]
 
 
 def load_selector(name: str, embedder) -> LearnedSelector | None:

@@ -87,3 +87,34 @@ def test_auto_uses_the_bundled_selector_only_for_its_embedder(tmp_path):
     assert isinstance(load_selector(str(path), HashingEmbedder(DIM)), LearnedSelector)
     with pytest.raises(ConfigError):
         load_selector(str(path), HashingEmbedder(32))
+
+
+def test_stored_vectors_from_the_snapshot_give_the_same_selection(settings, tmp_path):
+    from pathlib import Path
+
+    from bot.components import Components
+    from bot.selector import SnapshotVectors
+
+    emb = HashingEmbedder(DIM)
+    comps = Components(settings, embedder=emb)
+    comps.knowledge.ingest("default", [Path(__file__).resolve().parent.parent / "samples" / "faq"],
+                           progress=False)
+    retriever = comps.retriever("default")
+    hits = retriever.search("How long does a refund take?", k=8)
+    stored = SnapshotVectors(retriever)
+    vecs = stored([h.chunk_id for h in hits])
+    # the vectors the knowledge base stored for those chunks (what the selector was trained on)
+    from sqlalchemy import select
+
+    from bot.store.models import Chunk
+
+    with comps.db.session() as s:
+        blobs = dict(s.execute(select(Chunk.id, Chunk.embedding)).all())
+    expected = np.vstack([np.frombuffer(blobs[h.chunk_id], dtype=np.float32) for h in hits])
+    np.testing.assert_allclose(vecs, expected, atol=1e-6)
+    assert stored([10**9]) is None
+    sel = LearnedSelector.load(str(write_selector(tmp_path / "s.npz", emb, threshold=0.3)), emb)
+    sel.stored_vectors = stored
+    q = emb.embed(["How long does a refund take?"])[0]
+    np.testing.assert_allclose(sel.probabilities("How long does a refund take?", hits),
+                               1 / (1 + np.exp(-(10 * np.maximum(expected @ q, 0) - 5))), atol=1e-5)
