@@ -230,7 +230,11 @@ def main() -> None:
     # The learned selector (bench/train_selector.py), when one is bundled for this embedder.
     from bot.selector import load_selector
 
+    from bot.selector import SnapshotVectors
+
     learned = load_selector("auto", dstc.embedder)
+    if learned is not None:
+        learned.stored_vectors = SnapshotVectors(dstc_retriever)
     learned_figs = {}
     if learned is not None:
         for m in SELECTION_GRID["max_sources"]:
@@ -241,7 +245,7 @@ def main() -> None:
             sel_params = {**sel_params, "selector": "auto", "max_sources": m_best}
             sel_tune = learned_figs[m_best]
     base = DialogueSettings(**sel_params)
-    chosen_selector = load_selector(base.selector, dstc.embedder)
+    chosen_selector = learned if base.selector else None
     utility, answer_t, clarify_t = tune_thresholds(tune + shared, base)
     chosen = base.model_copy(update={"answer_threshold": answer_t, "clarify_threshold": clarify_t})
     sel_report = selection_prf(report, chosen, chosen_selector)
