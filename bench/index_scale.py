@@ -142,7 +142,7 @@ def run_faiss_index(xb, xq, gt, settings: IndexSettings, k: int) -> dict:
     }
 
 
-def ef_curve(index: FaissIndex, xq, gt, k: int, values=(32, 64, 96, 128, 192, 256)) -> dict:
+def ef_curve(index: FaissIndex, xq, gt, k: int, values=(32, 64, 96, 128, 192, 256, 384)) -> dict:
     out = {}
     saved = index.settings.hnsw_ef_search
     for ef in values:
@@ -210,6 +210,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--exact-queries", type=int, default=30, help="batch-1 exact searches timed")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--ef-search", type=int, default=None, help="override IndexSettings.hnsw_ef_search")
+    ap.add_argument("--ef-construction", type=int, default=None, help="override hnsw_ef_construction")
+    ap.add_argument("--m", type=int, default=None, help="override hnsw_m")
     ap.add_argument("--ef-curve", action="store_true", help="recall/latency for several efSearch")
     ap.add_argument("--compare-ivf", action="store_true", help="also build IVF-Flat on the same data")
     ap.add_argument("--uniform-n", type=int, default=0, help="also run on N uniform random vectors")
@@ -220,6 +222,10 @@ def main(argv=None) -> dict:
     settings = IndexSettings(exact_max=0)  # force the approximate representation
     if args.ef_search:
         settings.hnsw_ef_search = args.ef_search
+    if args.ef_construction:
+        settings.hnsw_ef_construction = args.ef_construction
+    if args.m:
+        settings.hnsw_m = args.m
     result: dict = {"machine": MACHINE, "faiss": faiss.__version__, "omp_threads": faiss.omp_get_max_threads(), "k": args.k}
 
     if args.n:
