@@ -40,6 +40,8 @@ def server(tmp_path_factory):
     from web import create_app
 
     if not CHROMIUM.exists():
+        if os.environ.get("SUPPORTBOT_REQUIRE_BROWSER"):
+            pytest.fail("the browser test is required (SUPPORTBOT_REQUIRE_BROWSER) but chromium is missing")
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api")
     tmp = tmp_path_factory.mktemp("browser")
