@@ -159,6 +159,14 @@ def test_concurrent_streams_do_not_corrupt_each_other(hf):
     results: dict[int, list[str]] = {}
     usages: dict[int, dict] = {}
     barrier = threading.Barrier(len(PROMPTS))
+    seen_threads = set()
+    forward = hf.runner.forward
+
+    def recording_forward(ids, cache):
+        seen_threads.add(threading.current_thread().name)
+        return forward(ids, cache)
+
+    hf.runner.forward = recording_forward
 
     def run(i: int) -> None:
         barrier.wait()
@@ -171,7 +179,9 @@ def test_concurrent_streams_do_not_corrupt_each_other(hf):
         t.start()
     for t in threads:
         t.join(timeout=120)
+    del hf.runner.forward
     assert ["".join(results[i]) for i in range(len(PROMPTS))] == expected
+    assert seen_threads == {"supportbot-model_0"}  # every step of both streams on the model thread
     assert [usages[i]["prompt_tokens"] for i in range(len(PROMPTS))] == [
         len(hf.prompt_ids(m)) for m in PROMPTS
     ]

@@ -9,8 +9,10 @@ forward per token in the caller's thread; the lean ``fast_llama`` forward for Ll
 models), not ``generate()``.
 
 Thread safety: one instance serves many threads. Each ``stream`` call owns its cache and sampler;
-forwards take the model lock (streams interleave per token); the Rust tokenizer is used under its
-own lock because concurrent calls that change its truncation state fail ("Already borrowed").
+every decoding step runs on the generator's one model thread (``decoding.ModelThread``: one
+OpenMP team however many request threads call in; streams interleave per token, in order); the
+Rust tokenizer is used under its own lock because concurrent calls that change its truncation
+state fail ("Already borrowed").
 """
 from __future__ import annotations
 
@@ -93,7 +95,7 @@ class HFGenerator(UsageMixin):
         self.device: str | None = None
         self.dtype = None
         self._load_lock = threading.Lock()
-        self._model_lock = threading.Lock()
+        self._model_thread = None  # decoding.ModelThread, made by load()
         self._tok_lock = threading.Lock()
         self._usage_local = threading.local()
 
@@ -140,10 +142,11 @@ class HFGenerator(UsageMixin):
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
             except Exception as exc:
                 raise GeneratorError(f"generator model {path!r}: cannot load ({exc})") from exc
-            from bot.generators.decoding import make_runner
+            from bot.generators.decoding import ModelThread, make_runner
 
             model = model.to(device).eval()
             self.runner = make_runner(model, self.fast)
+            self._model_thread = ModelThread()
             self.model = model
             self.device, self.dtype = device, dtype
             self.eos_ids = self._find_eos_ids()
@@ -231,7 +234,7 @@ class HFGenerator(UsageMixin):
         detok = IncrementalDetokenizer(self.tokenizer)
         matcher = StopMatcher(stop)
         eos = set(eos_ids)
-        tokens = decode_tokens(self.runner, prompt, max_new, eos_ids, sampler, self._model_lock)
+        tokens = decode_tokens(self.runner, prompt, max_new, eos_ids, sampler, self._model_thread.run)
         try:
             for token in tokens:
                 handle.usage["completion_tokens"] += 1
