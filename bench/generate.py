@@ -40,6 +40,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import bot  # noqa: E402,F401 - before torch: sets OpenMP's passive waiting (see bot/__init__.py)
 
 QUESTION = "Is there free parking, and can I check in early?"
 

@@ -124,3 +124,8 @@ def tiny_lm_dir(tmp_path_factory):
     from tiny_models import build_tiny_causal_lm
 
     return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny_lm"))
+
+
+# Imported before any test module imports torch: sets OpenMP's passive waiting (bot/__init__.py),
+# which keeps tiny-model tests from burning CPU in spinning OpenMP workers on a shared machine.
+import bot  # noqa: E402,F401
