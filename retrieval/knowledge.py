@@ -6,19 +6,18 @@ per-bot file lock, so the index can always be rebuilt and never drifts from the 
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 from sqlalchemy import delete, func, or_, select
 from tqdm.auto import tqdm
 
+from bot.locks import exclusive
 from bot.errors import IngestError, NotFound, SupportbotError
 from bot.settings import IndexSettings, IngestSettings
 from bot.store import Database
@@ -279,7 +278,7 @@ class KnowledgeBase:
         from retrieval.snapshot import Snapshot
 
         bot_id = self.db.bot_id(bot)
-        with self._lock(bot):
+        with exclusive(self.lock_dir / f"{bot}.lock"):
             catalog: dict[int, ChunkInfo] = {}
             ids: list[int] = []
             vecs: list[np.ndarray] = []
@@ -340,14 +339,3 @@ class KnowledgeBase:
                 out.append(np.asarray(self.embedder.embed(texts[i : i + step]), dtype=np.float32))
                 bar.update(len(texts[i : i + step]))
         return np.vstack(out)
-
-    @contextmanager
-    def _lock(self, bot: str) -> Iterator[None]:
-        # One publisher per bot at a time, across processes sharing the data dir.
-        self.lock_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_dir / f"{bot}.lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)

@@ -13,7 +13,6 @@ any generator factory and swaps in the promoted model when the pointer changes, 
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from bot.locks import exclusive
 from bot.errors import NotFound, SupportbotError
 
 log = logging.getLogger(__name__)
@@ -67,17 +67,7 @@ def current_model(data_dir: Path) -> tuple[Path, int] | None:
     return value
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+_locked = exclusive  # one lock helper for every writer of the data dir
 
 
 class ModelRegistry:

