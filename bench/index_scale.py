@@ -46,7 +46,7 @@ class Mixture:
     between component centres (one component per 50 points), 70% within. Its nearest-neighbour
     cosines (top-1 0.63, top-10 0.56 at 10k) match the real ones (0.64, 0.55). It is harder for
     IVF than the real vectors (recall@10 0.84 vs 0.93 at nprobe 16, 10k) and a little easier for
-    HNSW (0.99 vs 0.97 at efSearch 64): a fair middle, not a flattering one.
+    HNSW (0.99 vs 0.97 at efSearch 64, efConstruction 80): a fair middle, not a flattering one.
     """
 
     mean_norm, total_var, alpha, between, per_component = 0.43, 0.81, 1.0, 0.3, 50

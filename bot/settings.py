@@ -37,13 +37,15 @@ class EmbedderSettings(BaseModel):
 
 class IndexSettings(BaseModel):
     # Up to this many vectors the index is exact (flat inner product); above, approximate (HNSW).
-    # 10k: where batch-1 exact search reaches ~2 ms on 2 cores (bench/index_scale.py --sweep).
+    # 10k: batch-1 exact search p50 ~1 ms there and ~2 ms at 20k on 2 cores, where HNSW already
+    # has recall@10 0.9995 (bench/index_scale.py --sweep).
     exact_max: int = 10_000
     hnsw_m: int = 32
     # 200 over 80: at 100k MiniLM-shaped vectors, recall@10 0.977 vs 0.943 at efSearch 96, for a
     # 2.5x longer build (bench/index_scale.py --ef-construction).
     hnsw_ef_construction: int = 200
-    hnsw_ef_search: int = 96
+    # 256: at 1M MiniLM-shaped vectors, recall@10 0.953 at p50 2.9 ms on 2 cores (96: 0.874).
+    hnsw_ef_search: int = 256
     # HNSW cannot delete: removed vectors stay as dead nodes until they are this share of the
     # index, then it is rebuilt from the live vectors.
     rebuild_dead_fraction: float = 0.2

@@ -11,10 +11,12 @@ the results to a subset of ids (entity- or filter-restricted search).
 - ``"flat"`` up to ``IndexSettings.exact_max`` vectors: ``IndexFlatIP``, exact. Removing compacts
   at once (cheap at this size), so it never holds dead slots.
 - ``"hnsw"`` above: ``IndexHNSWFlat``. Chosen over IVF-Flat by ``bench/index_scale.py
-  --compare-hnsw``: on vectors shaped like MiniLM embeddings, 100k of them, HNSW reached
-  recall@10 0.96 at 1.3 ms where IVF needed nprobe 128 for 0.93; on real MiniLM vectors of the
-  DSTC11 snippets it also led (0.97 at efSearch 64 vs 0.93 at nprobe 16). FAISS's HNSW cannot
-  remove vectors, so a removal marks the slot dead: searches pass a bitmap of live slots
+  --compare-ivf`` on vectors shaped like MiniLM embeddings: at 100k HNSW reached recall@10 0.96
+  at 1.3 ms where IVF (nlist 1264) needed nprobe 128 for 0.93; on real MiniLM vectors of the
+  DSTC11 snippets it also led (0.97 at efSearch 64 vs 0.93 at nprobe 16). At 1M, with
+  efConstruction 200 and efSearch 256: recall@10 0.95 at 2.9 ms (IVF, nlist 4000: 0.91 at
+  4.8 ms with nprobe 128), for a build 8x slower than IVF's. FAISS's HNSW cannot remove
+  vectors, so a removal marks the slot dead: searches pass a bitmap of live slots
   (``IDSelectorBitmap``), the graph keeps routing through dead nodes, and once dead slots exceed
   ``rebuild_dead_fraction`` the index is rebuilt from the live vectors.
 
