@@ -1,26 +1,32 @@
 """Time to first token and decode speed: the ``hf`` backend against plain ``model.generate()``.
 
-Both run in this process, on the same model object and the same grounded prompt (system prompt and
-numbered knowledge-base sources built by the product's prompt builder, cut to ``--prompt-tokens``
-tokens), greedy, exactly ``--new-tokens`` new tokens each (end-of-sequence ignored), alternating
-baseline and backend ``--repeats`` times so that load from other processes hits both alike.
+All run in this process, on the same model object, greedy, exactly ``--new-tokens`` new tokens
+each (end-of-sequence ignored), on ``--repeats`` different grounded prompts of ``--prompt-tokens``
+tokens (system prompt + numbered knowledge-base sources built by the product's prompt builder;
+each prompt its own question and its own sources, so consecutive prompts share only the system
+prompt and chat-template header), all paths on each prompt in turn so that load from other
+processes hits them alike.
 
-* baseline: ``model.generate()`` in a thread with a ``TextIteratorStreamer`` (the usual way to
-  stream from transformers); its first-token time is when the streamer receives the first new
-  token id (before detokenisation: slightly in its favour).
-* backend: ``HFGenerator.stream()`` as the dialogue manager calls it; first-token time is when the
-  first text piece arrives. Measured twice: as shipped (``hf_backend``: the lean Llama-family
-  forward of ``fast_llama``) and with the model's own transformers forward in the same loop
-  (``hf_forward_loop``), which separates what the loop and the lean forward each bring.
+* ``baseline_generate``: ``model.generate()`` in a thread with a ``TextIteratorStreamer`` (the usual
+  way to stream from transformers); its first-token time is when the streamer receives the first
+  new token id (before detokenisation: slightly in its favour).
+* ``hf_backend``: ``HFGenerator.stream()`` as shipped and as the dialogue manager calls it: the lean
+  Llama-family forward of ``fast_llama`` with float16 decode weights on the CPU, its prefix cache
+  holding the previous visitor's prompt (so it reuses the shared system prompt). First-token time
+  is when the first text piece arrives.
+* ``hf_backend_cold``: the same with the prefix cache emptied first (a bot's very first question).
+* ``hf_exact``: the lean forward in the model's own dtype, no prefix cache: token for token what
+  ``generate()`` gives (``generator.decode_dtype = "model"``).
+* ``hf_forward_loop``: the same loop through the model's own transformers forward.
 * decode tokens/s = (new tokens - 1) / (time of last token - time of first token).
 * each figure also in CPU seconds of this process (``cpu_*``): on a machine shared with other
-  work, wall time mostly measures the neighbours; CPU time measures the work done. With more than
-  one torch thread it includes threads spinning while they wait, so compare it at ``--threads 1``.
+  work, wall time mostly measures the neighbours; CPU time measures the work done (with more than
+  one thread it includes the threads' short spins).
 
-Prints one JSON object: per (device, dtype, threads) the medians of both, the ratios
-(``ttft_speedup`` = baseline / backend, ``decode_speedup`` = backend / baseline) and whether the
-greedy tokens were identical. Runs on the CPU in float32 and bfloat16, and on CUDA in bfloat16
-when a GPU is present.
+Prints one JSON object: per (device, dtype, threads) the medians of every path, their ratios to
+the baseline (``ttft_speedup`` = baseline / path, ``decode_speedup`` = path / baseline) and how far
+each path's greedy tokens agree with ``generate()``'s on every prompt. Runs on the CPU in
+float32 (``--dtypes`` adds others), and on CUDA in bfloat16 when a GPU is present.
 
     python bench/generate.py                      # default model (converted once under --data-dir)
     python bench/generate.py --model PATH --prompt-tokens 512 --new-tokens 64 --repeats 3
@@ -42,7 +48,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import bot  # noqa: E402,F401 - before torch: sets OpenMP's passive waiting (see bot/__init__.py)
 
-QUESTION = "Is there free parking, and can I check in early?"
+QUESTIONS = [
+    "Is there free parking, and can I check in early?",
+    "Do they have wifi in the rooms, and is it free?",
+    "Can I bring my dog, and is there a fee for pets?",
+    "What time does breakfast start, and is it included?",
+    "Is there an airport shuttle or a taxi service?",
+]
 
 
 def kb_sources(kb: Path, limit: int = 400) -> list[dict]:
@@ -58,7 +70,7 @@ def kb_sources(kb: Path, limit: int = 400) -> list[dict]:
         return [{"title": r.get("title", ""), "text": f"{r['question']}\n{r['answer']}"} for r in csv.DictReader(fh)]
 
 
-def grounded_prompt(gen, sources: list[dict], n_tokens: int) -> list[dict]:
+def grounded_prompt(gen, sources: list[dict], n_tokens: int, question: str = QUESTIONS[0]) -> list[dict]:
     """Chat messages whose templated prompt has about ``n_tokens`` tokens (at most that many).
 
     Sources are taken in order and cut at a character budget, found by bisection.
@@ -75,7 +87,7 @@ def grounded_prompt(gen, sources: list[dict], n_tokens: int) -> list[dict]:
                 break
             used.append(dict(src, text=src["text"][:left]))
             left -= len(src["text"])
-        return build_messages(QUESTION, used, [], system)
+        return build_messages(question, used, [], system)
 
     lo, hi = 0, sum(len(s["text"]) for s in sources)
     while lo < hi:
@@ -171,51 +183,97 @@ def median_of(runs: list[dict], key: str) -> float:
     return round(statistics.median(r[key] for r in runs), 2)
 
 
+def prompts_for(gen, sources: list[dict], n_tokens: int, count: int) -> list[list[dict]]:
+    """``count`` different grounded prompts of about ``n_tokens`` tokens: each its own question
+    and its own slice of the sources, so consecutive prompts share only the system prompt and the
+    chat-template header (what a bot's successive visitors share)."""
+    step = max(1, len(sources) // max(count, 1))
+    out = []
+    for i in range(count):
+        rotated = sources[i * step:] + sources[:i * step]
+        out.append(grounded_prompt(gen, rotated, n_tokens, QUESTIONS[i % len(QUESTIONS)]))
+    return out
+
+
+def agreement(reference: list[int], mine: list[int]) -> dict:
+    """How far two greedy token sequences agree: first divergence and share of equal positions."""
+    n = min(len(reference), len(mine))
+    first = next((i for i in range(n) if reference[i] != mine[i]), n)
+    same = sum(a == b for a, b in zip(reference, mine))
+    return {"identical": reference == mine, "first_divergence": None if reference == mine else first,
+            "same_positions": round(same / max(len(reference), 1), 3)}
+
+
 def bench_config(model_dir: str, device: str, dtype: str, threads: int, sources, args) -> dict:
     import torch
 
     from bot.generators.decoding import HFRunner
+    from bot.generators.fast_llama import FastLlama
     from bot.generators.hf_generator import HFGenerator
 
     if threads:
         torch.set_num_threads(threads)
     gen = HFGenerator(model_dir, device=device, dtype=dtype).load()
-    plain = HFRunner(gen.model)
-    messages = grounded_prompt(gen, sources, args.prompt_tokens)
-    prompt_ids = gen.prompt_ids(messages)
+    shipped = gen.runner
+    paths = {"hf_backend": shipped, "hf_backend_cold": shipped}
+    if isinstance(shipped, FastLlama):
+        # The same lean forward in the model's own dtype with no prefix cache: token for token
+        # what generate() gives.
+        paths["hf_exact"] = FastLlama(gen.model, decode_dtype=None, prefix_cache=False)
+    paths["hf_forward_loop"] = HFRunner(gen.model)
+    prompts = prompts_for(gen, sources, args.prompt_tokens, args.repeats + 1)
+    warm_prompt, prompts = prompts[0], prompts[1:]
     # Warm-up: first-call allocations and kernel selection, every path.
-    run_backend(gen, messages, 4)
-    with_runner(gen, plain, run_backend, messages, 4)
-    run_baseline(gen, prompt_ids, 4)
-    runs: dict[str, list[dict]] = {"baseline_generate": [], "hf_forward_loop": [], "hf_backend": []}
-    for _ in range(args.repeats):
-        runs["baseline_generate"].append(run_baseline(gen, prompt_ids, args.new_tokens)[0])
-        runs["hf_forward_loop"].append(with_runner(gen, plain, run_backend, messages, args.new_tokens))
-        runs["hf_backend"].append(run_backend(gen, messages, args.new_tokens))
-    reference, mine = greedy_ids(gen, messages, args.new_tokens)
-    _, mine_plain = with_runner(gen, plain, greedy_ids, messages, args.new_tokens)
-    same = {"hf_backend": mine == reference, "hf_forward_loop": mine_plain == reference,
-            "tokens_compared": len(reference)}
+    for runner in paths.values():
+        with_runner(gen, runner, run_backend, warm_prompt, 4)
+    run_baseline(gen, gen.prompt_ids(warm_prompt), 4)
+    runs: dict[str, list[dict]] = {"baseline_generate": [], **{name: [] for name in paths}}
+    reused = []
+    for messages in prompts:
+        runs["baseline_generate"].append(run_baseline(gen, gen.prompt_ids(messages), args.new_tokens)[0])
+        for name, runner in paths.items():
+            if name == "hf_backend_cold" and hasattr(runner, "clear_prefix"):
+                runner.clear_prefix()
+            runs[name].append(with_runner(gen, runner, run_backend, messages, args.new_tokens))
+            if name == "hf_backend":
+                reused.append(getattr(runner, "reused_tokens", 0))
+                # The next prompt finds this one in the prefix cache (shared system prompt only).
+    greedy = {}
+    for name in ("hf_backend", "hf_exact", "hf_forward_loop"):
+        if name in paths:
+            checks = []
+            for messages in prompts:
+                reference, mine = with_runner(gen, paths[name], greedy_ids, messages, args.new_tokens)
+                checks.append(agreement(reference, mine))
+            greedy[name] = {
+                "identical_prompts": sum(c["identical"] for c in checks), "prompts": len(checks),
+                "same_positions": round(statistics.mean(c["same_positions"] for c in checks), 3),
+                "first_divergences": [c["first_divergence"] for c in checks],
+            }
     keys = ("ttft_ms", "decode_tok_s", "cpu_ttft_ms", "cpu_decode_tok_s")
     med = {name: {k: median_of(r, k) for k in keys} for name, r in runs.items()}
     base = med["baseline_generate"]
+
+    def ratios(name: str) -> dict:
+        m = med[name]
+        return {"ttft_speedup": round(base["ttft_ms"] / m["ttft_ms"], 3),
+                "decode_speedup": round(m["decode_tok_s"] / base["decode_tok_s"], 3),
+                "cpu_ttft_speedup": round(base["cpu_ttft_ms"] / m["cpu_ttft_ms"], 3),
+                "cpu_decode_speedup": round(m["cpu_decode_tok_s"] / base["cpu_decode_tok_s"], 3)}
+
     result = {
         "device": device, "dtype": dtype, "threads": torch.get_num_threads(),
-        "runner": type(gen.runner).__name__,
-        "prompt_tokens": len(prompt_ids), "new_tokens": args.new_tokens, **med,
-        "ttft_speedup": round(base["ttft_ms"] / med["hf_backend"]["ttft_ms"], 3),
-        "decode_speedup": round(med["hf_backend"]["decode_tok_s"] / base["decode_tok_s"], 3),
-        "forward_loop_decode_speedup": round(med["hf_forward_loop"]["decode_tok_s"] / base["decode_tok_s"], 3),
-        "cpu_ttft_speedup": round(base["cpu_ttft_ms"] / med["hf_backend"]["cpu_ttft_ms"], 3),
-        "cpu_decode_speedup": round(med["hf_backend"]["cpu_decode_tok_s"] / base["cpu_decode_tok_s"], 3),
-        "cpu_forward_loop_decode_speedup": round(
-            med["hf_forward_loop"]["cpu_decode_tok_s"] / base["cpu_decode_tok_s"], 3),
-        "greedy_tokens_identical_to_generate": same,
+        "runner": type(shipped).__name__,
+        "decode_dtype": str(getattr(shipped, "decode_dtype", None) or dtype).replace("torch.", ""),
+        "prompt_tokens": [len(gen.prompt_ids(m)) for m in prompts],
+        "prefix_cache_reused_tokens": reused, "new_tokens": args.new_tokens, **med,
+        "vs_generate": {name: ratios(name) for name in paths},
+        "greedy_vs_generate": greedy,
         "runs": runs,
     }
     summary = {k: v for k, v in result.items() if k != "runs"}
     print(f"# {json.dumps(summary)}", file=sys.stderr, flush=True)
-    del gen, plain
+    del gen, paths, shipped
     return result
 
 
@@ -228,7 +286,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prompt-tokens", type=int, default=512)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--dtypes", default="float32,bfloat16", help="CPU dtypes to measure")
+    ap.add_argument("--dtypes", default="float32",
+                    help="CPU dtypes of the model to measure (bfloat16 is slow without native kernels)")
     ap.add_argument("--threads", default="0", help="comma list of torch CPU threads (0 = torch default)")
     ap.add_argument("--no-cpu", action="store_true", help="measure only on CUDA")
     args = ap.parse_args(argv)
@@ -263,6 +322,9 @@ def main(argv: list[str] | None = None) -> None:
     load_s = time.perf_counter() - load_t0
     cpu = [r for r in results if r["device"] == "cpu"]
     best = max(cpu, key=lambda r: r["hf_backend"]["decode_tok_s"]) if cpu else None
+    best_keys = ("dtype", "decode_dtype", "threads", "prompt_tokens", "prefix_cache_reused_tokens",
+                 "baseline_generate", "hf_backend", "hf_backend_cold", "hf_exact", "vs_generate",
+                 "greedy_vs_generate")
     print(json.dumps({
         "model": model_dir,
         "machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
@@ -272,10 +334,7 @@ def main(argv: list[str] | None = None) -> None:
         "first_start_prepare_s": round(prepare_s, 2),
         "converted_model_load_s": round(load_s, 2),
         "results": results,
-        "best_cpu": None if best is None else {
-            k: best[k] for k in ("dtype", "threads", "hf_backend", "hf_forward_loop", "baseline_generate",
-                                 "ttft_speedup", "decode_speedup", "cpu_ttft_speedup", "cpu_decode_speedup")
-        },
+        "best_cpu": None if best is None else {k: best[k] for k in best_keys if k in best},
     }, indent=2))
 
 

@@ -80,12 +80,69 @@ def test_own_decode_loop_equals_generate_greedy_token_for_token(hf, messages, ru
 def test_the_lean_forward_is_used_for_llama_and_gives_the_same_logits(hf):
     assert isinstance(hf.runner, FastLlama)
     ids = torch.tensor(hf.prompt_ids(PROMPTS[1]))
-    fast, plain = hf.runner, HFRunner(hf.model)
-    fc, pc = fast.new_cache(len(ids) + 2), plain.new_cache(len(ids) + 2)
+    exact, plain = FastLlama(hf.model, decode_dtype=None), HFRunner(hf.model)
+    fc, pc = exact.new_cache(len(ids) + 2), plain.new_cache(len(ids) + 2)
     # Prefill in two chunks (the second attends to the cached first) and one single-token step.
     for part in (ids[:7], ids[7:], ids[-1:]):
-        assert torch.allclose(fast.forward(part, fc), plain.forward(part, pc), atol=1e-4)
+        assert torch.allclose(exact.forward(part, fc), plain.forward(part, pc), atol=1e-4)
     assert not fast_llama.supports(torch.nn.Linear(2, 2))
+
+
+def test_cpu_float32_decodes_on_float16_weights_close_to_the_exact_step(tiny_lm_dir, hf):
+    # The shipped CPU default: float16 copies of the projection weights for single-token steps.
+    assert hf.runner.decode_dtype == torch.float16
+    ids = torch.tensor(hf.prompt_ids(PROMPTS[0]))
+    half, exact = hf.runner, FastLlama(hf.model, decode_dtype=None, prefix_cache=False)
+    hc, ec = half.new_cache(len(ids) + 8), exact.new_cache(len(ids) + 8)
+    assert torch.equal(half.forward(ids, hc), exact.forward(ids, ec))  # prefill: model dtype
+    diffs, agree = [], 0
+    for token in ids[:8]:
+        a, b = half.forward(token.view(1), hc), exact.forward(token.view(1), ec)
+        diffs.append(float((a - b).abs().max() / b.abs().max()))
+        agree += int(a.argmax() == b.argmax())
+    assert hc.length == ec.length == len(ids) + 8
+    assert max(diffs) < 5e-3 and 0 < diffs[0]  # rounded inputs, not the same arithmetic
+    assert agree == 8
+    # "model" keeps every step in the model's dtype; nonsense is refused.
+    assert HFGenerator(tiny_lm_dir, device="cpu", dtype="float32", decode_dtype="model").load().runner.decode_dtype is None
+    with pytest.raises(GeneratorError, match="decode_dtype"):
+        HFGenerator(tiny_lm_dir, device="cpu", dtype="float32", decode_dtype="int4").load()
+
+
+def test_a_half_precision_overflow_is_redone_in_the_models_dtype(hf):
+    ids = torch.tensor(hf.prompt_ids(PROMPTS[1]))
+    broken = FastLlama(hf.model, decode_dtype=torch.float16, prefix_cache=False)
+    with torch.inference_mode():
+        broken._half[0][2][0, 0] = float("inf")  # an overflowing gate/up weight in layer 0
+    exact = FastLlama(hf.model, decode_dtype=None, prefix_cache=False)
+    bc, ec = broken.new_cache(len(ids) + 2), exact.new_cache(len(ids) + 2)
+    broken.forward(ids, bc), exact.forward(ids, ec)
+    step = ids[-1:]
+    logits = broken.forward(step, bc)
+    assert torch.isfinite(logits).all() and bc.length == ec.length + 1
+    assert torch.equal(logits, exact.forward(step, ec))
+
+
+def test_the_prefix_cache_reuses_a_shared_prompt_start_and_changes_no_token(hf):
+    runner = FastLlama(hf.model, decode_dtype=None, prefix_cache=True)
+    first = hf.prompt_ids([{"role": "system", "content": "Answer from the sources."},
+                           {"role": "user", "content": "Do you ship to Canada?"}])
+    second = hf.prompt_ids([{"role": "system", "content": "Answer from the sources."},
+                            {"role": "user", "content": "How do refunds work here?"}])
+    shared = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)
+    assert 5 < shared < len(second) - 1
+    list(decode_tokens(runner, first, 3, hf.eos_ids, Sampler()))
+    assert runner.reused_tokens == 0
+    warm = list(decode_tokens(runner, second, 30, hf.eos_ids, Sampler()))
+    assert runner.reused_tokens == shared
+    assert warm == generate_ids(hf, [{"role": "system", "content": "Answer from the sources."},
+                                     {"role": "user", "content": "How do refunds work here?"}], 30)
+    # The same prompt again reuses all but its last token; a cleared cache reuses nothing.
+    assert list(decode_tokens(runner, second, 30, hf.eos_ids, Sampler())) == warm
+    assert runner.reused_tokens == len(second) - 1
+    runner.clear_prefix()
+    list(decode_tokens(runner, second, 2, hf.eos_ids, Sampler()))
+    assert runner.reused_tokens == 0
 
 
 @pytest.mark.parametrize("runner", sorted(RUNNERS))
@@ -154,7 +211,11 @@ def test_sampling_is_reproducible_with_a_seed_and_top_p_keeps_the_top_token(hf):
     assert hf.stream(PROMPTS[0], temperature=1.5, top_p=1e-6, seed=1).text() == greedy
 
 
-def test_concurrent_streams_do_not_corrupt_each_other(hf):
+def test_concurrent_streams_do_not_corrupt_each_other(hf, monkeypatch):
+    # Which prompt finds which in the prefix cache depends on the interleaving, and a reused
+    # prefix is equal only up to float rounding (enough to flip a random tiny model's argmax):
+    # off here, so that any difference is corruption. Its own test is above.
+    monkeypatch.setattr(hf.runner, "prefix_cache", False)
     expected = [hf.stream(m).text() for m in PROMPTS]
     results: dict[int, list[str]] = {}
     usages: dict[int, dict] = {}

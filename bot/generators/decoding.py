@@ -163,12 +163,15 @@ class HFRunner:
         return out.logits[0, -1].float()
 
 
-def make_runner(model, fast: bool = True):
-    """The lean Llama-family runner when the model allows it (and ``fast``), else ``HFRunner``."""
+def make_runner(model, fast: bool = True, decode_dtype: torch.dtype | None = None):
+    """The lean Llama-family runner when the model allows it (and ``fast``), else ``HFRunner``.
+
+    ``decode_dtype``: half-precision weights for single-token steps (``fast_llama`` only).
+    """
     from bot.generators import fast_llama
 
     if fast and fast_llama.supports(model):
-        return fast_llama.FastLlama(model)
+        return fast_llama.FastLlama(model, decode_dtype=decode_dtype)
     return HFRunner(model)
 
 
@@ -191,7 +194,10 @@ class _Decode:
             self.ids = torch.tensor(self.prompt, dtype=torch.long, device=self.device)  # (T,)
             if self.sampler.penalty != 1.0:
                 self.seen = self.ids
-        logits = self.runner.forward(self.ids, self.cache)  # (V,) float32
+            # The prompt: through the runner's prefix cache when it has one.
+            logits = getattr(self.runner, "prefill", self.runner.forward)(self.ids, self.cache)
+        else:
+            logits = self.runner.forward(self.ids, self.cache)  # (V,) float32
         token = self.sampler(logits, self.seen)
         self.ids = torch.tensor([token], dtype=torch.long, device=self.device)  # (1,)
         if self.seen is not None:

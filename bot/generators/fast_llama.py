@@ -11,12 +11,27 @@ greedy output matches ``model.generate()`` (tested), with
 * a per-call KV cache preallocated for prompt + max new tokens, written in place;
 * attention through ``scaled_dot_product_attention`` with the arguments transformers uses
   (causal prefill, unmasked single-token steps, grouped-query heads), so its numerics match;
-* logits for the last position only.
+* logits for the last position only;
+* single-token decode steps on half-precision copies of the projection weights (``decode_dtype``,
+  float16 by default on the CPU), with q/k/v and gate/up fused into one matrix each. A decode step
+  multiplies one vector by every weight, so it is bound by memory traffic, not arithmetic: half
+  the bytes is nearly half the time (PyTorch's fp16 matrix-vector kernel accumulates in fp32). The
+  prompt's prefill is a real matrix product, compute-bound, and stays in the model's dtype (this
+  CPU class has no fast half-precision GEMM). The residual stream, norms, rotary, attention and the
+  KV cache stay in the model's dtype too; only the inputs of the matrix products are rounded. A
+  step whose logits come out non-finite (a half-precision overflow) is redone in the model's dtype.
+  Measured on SmolLM2-135M, 2 CPU cores: 35 ms per step against 65 ms, perplexity 4.085 against
+  4.084 on 187 teacher-forced tokens of knowledge-base text, same argmax on all of them;
+* a prefix cache (``prefill``): the keys/values of the last prompt are kept, and the next prompt
+  that starts the same way (the bot's system prompt and chat-template header) only computes the
+  rest. One slot; what is reused is exactly what a full prefill would have computed for those
+  positions, up to float rounding.
 
 ``supports(model)`` says whether a model can use it; other models use their own forward.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -56,7 +71,7 @@ class KVCache:
 class FastLlama:
     """Batch-1 prefill/step over a transformers Llama-family model's parameters."""
 
-    def __init__(self, model):
+    def __init__(self, model, decode_dtype: torch.dtype | None = None, prefix_cache: bool = True):
         if not supports(model):
             raise ValueError(f"{type(model).__name__} is not a supported Llama-family model")
         cfg = model.config
@@ -74,6 +89,28 @@ class FastLlama:
         self.rope_scale = float(getattr(inner.rotary_emb, "attention_scaling", 1.0))
         self.dtype = self.embed.weight.dtype
         self.device = self.embed.weight.device
+        self.decode_dtype = decode_dtype if decode_dtype not in (None, self.dtype) else None
+        self._half = self._half_weights(self.decode_dtype) if self.decode_dtype is not None else None
+        self.prefix_cache = prefix_cache
+        self._prefix: tuple[tuple[int, ...], torch.Tensor, torch.Tensor] | None = None
+        self._prefix_lock = threading.Lock()
+        self.reused_tokens = 0  # prompt tokens taken from the prefix cache by the last prefill
+
+    @torch.inference_mode()
+    def _half_weights(self, dtype: torch.dtype) -> list[tuple[torch.Tensor, ...]]:
+        """Per layer (qkv, o, gate_up, down) in ``dtype``, then the LM head: copies (the model's
+        own parameters stay as they are for prefill, training and the other runners)."""
+        out = []
+        for layer in self.layers:
+            a, m = layer.self_attn, layer.mlp
+            out.append((
+                torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).to(dtype).contiguous(),
+                a.o_proj.weight.to(dtype).contiguous(),
+                torch.cat([m.gate_proj.weight, m.up_proj.weight]).to(dtype).contiguous(),
+                m.down_proj.weight.to(dtype).contiguous(),
+            ))
+        out.append((self.lm_head.weight.to(dtype).contiguous(),))
+        return out
 
     def new_cache(self, capacity: int) -> KVCache:
         shape = (len(self.layers), self.n_kv, capacity, self.head_dim)
@@ -102,9 +139,44 @@ class FastLlama:
         return (x * cos) + (rotated * sin)
 
     @torch.inference_mode()
+    def prefill(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """``forward`` for a whole prompt into an empty ``cache``, reusing the prefix cache."""
+        n = ids.shape[0]
+        key = tuple(ids.tolist())
+        common = 0
+        if self.prefix_cache and cache.length == 0:
+            with self._prefix_lock:
+                prefix = self._prefix
+            if prefix is not None:
+                seen, pk, pv = prefix
+                limit = min(len(seen), n - 1)  # always compute at least the last token
+                while common < limit and seen[common] == key[common]:
+                    common += 1
+                if common:
+                    cache.k[:, :, :common] = pk[:, :, :common]
+                    cache.v[:, :, :common] = pv[:, :, :common]
+                    cache.length = common
+        logits = self.forward(ids[common:], cache)
+        self.reused_tokens = common
+        if self.prefix_cache:
+            kept = (key, cache.k[:, :, :n].clone(), cache.v[:, :, :n].clone())
+            with self._prefix_lock:
+                self._prefix = kept
+        return logits
+
+    def clear_prefix(self) -> None:
+        with self._prefix_lock:
+            self._prefix = None
+
+    @torch.inference_mode()
     def forward(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Feed ``ids`` (T,) at positions ``cache.length ...``; return the last position's logits (V,)."""
         t = ids.shape[0]
+        if t == 1 and self._half is not None:
+            logits = self._step_half(ids, cache)
+            if bool(torch.isfinite(logits).all()):
+                return logits
+            cache.length -= 1  # half-precision overflow: redo this step in the model's dtype
         start, end = cache.length, cache.length + t
         if end > cache.k.shape[2]:
             raise RuntimeError(f"KV cache full: {end} > {cache.k.shape[2]} tokens")
@@ -136,6 +208,40 @@ class FastLlama:
         cache.length = end
         last = self._rms_norm(h[:, -1:], self.norm_w, self.norm_eps)
         return self.lm_head(last)[0, -1].float()
+
+    def _step_half(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One token with the half-precision fused weights (see the module docstring)."""
+        start = cache.length
+        end = start + 1
+        if end > cache.k.shape[2]:
+            raise RuntimeError(f"KV cache full: {end} > {cache.k.shape[2]} tokens")
+        cos, sin = self._rotary(torch.arange(start, end, device=self.device))
+        h = self.embed(ids.unsqueeze(0))  # (1, 1, C) in the model's dtype
+        hd, nh, nkv, half = self.head_dim, self.n_heads, self.n_kv, self.decode_dtype
+        qd, kd = nh * hd, nkv * hd
+        for i, layer in enumerate(self.layers):
+            w_qkv, w_o, w_gu, w_down = self._half[i]
+            norm = layer.input_layernorm
+            x = self._rms_norm(h, norm.weight, norm.variance_epsilon)
+            qkv = F.linear(x.to(half), w_qkv).to(self.dtype)
+            q = qkv[..., :qd].view(1, 1, nh, hd).transpose(1, 2)
+            k = qkv[..., qd:qd + kd].view(1, 1, nkv, hd).transpose(1, 2)
+            v = qkv[..., qd + kd:].view(1, 1, nkv, hd).transpose(1, 2)
+            q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+            cache.k[i, :, start:end] = k[0]
+            cache.v[i, :, start:end] = v[0]
+            o = F.scaled_dot_product_attention(
+                q, cache.k[i, :, :end].unsqueeze(0), cache.v[i, :, :end].unsqueeze(0),
+                scale=self.scaling, enable_gqa=nkv != nh,
+            )
+            h = h + F.linear(o.transpose(1, 2).reshape(1, 1, qd).to(half), w_o).to(self.dtype)
+            norm = layer.post_attention_layernorm
+            x = self._rms_norm(h, norm.weight, norm.variance_epsilon)
+            gate, up = F.linear(x.to(half), w_gu).chunk(2, dim=-1)
+            h = h + F.linear(F.silu(gate) * up, w_down).to(self.dtype)
+        cache.length = end
+        last = self._rms_norm(h[:, -1:], self.norm_w, self.norm_eps)
+        return F.linear(last.to(half), self._half[-1][0])[0, -1].float()
 
     def _prefix_mask(self, t: int, end: int) -> torch.Tensor:
         """Causal mask for ``t`` new queries after ``end - t`` cached tokens: (T, S) bool."""
