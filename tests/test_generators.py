@@ -137,9 +137,17 @@ def test_the_prefix_cache_reuses_a_shared_prompt_start_and_changes_no_token(hf):
     assert runner.reused_tokens == shared
     assert warm == generate_ids(hf, [{"role": "system", "content": "Answer from the sources."},
                                      {"role": "user", "content": "How do refunds work here?"}], 30)
-    # The same prompt again reuses all but its last token; a cleared cache reuses nothing.
+    # The same prompt again reuses all but its last token.
     assert list(decode_tokens(runner, second, 30, hf.eos_ids, Sampler())) == warm
     assert runner.reused_tokens == len(second) - 1
+    # A follow-up that extends an older prompt finds it among the slots (the last few prompts).
+    follow_up = first + hf.prompt_ids([{"role": "user", "content": "And to Mexico?"}])
+    list(decode_tokens(runner, follow_up, 2, hf.eos_ids, Sampler()))
+    assert runner.reused_tokens == len(first)
+    for i in range(runner.prefix_slots):  # pushed out by as many other prompts
+        list(decode_tokens(runner, [7 + i] + second, 1, hf.eos_ids, Sampler()))
+    list(decode_tokens(runner, follow_up, 1, hf.eos_ids, Sampler()))
+    assert runner.reused_tokens == 0
     runner.clear_prefix()
     list(decode_tokens(runner, second, 2, hf.eos_ids, Sampler()))
     assert runner.reused_tokens == 0
