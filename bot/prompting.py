@@ -2,9 +2,18 @@
 
 ``build_messages`` turns (message, sources, history) into chat messages for a chat template:
 
-    [{"role": "system",    "content": system + numbered sources},
+    [{"role": "system",    "content": system},
      {"role": "user"|"assistant", "content": ...},   # history, trimmed to a token budget
-     {"role": "user",      "content": message}]
+     {"role": "user",      "content": "Sources:\n[1] ...\n\nQuestion: " + message}]
+
+The sources go with the question, in the last user turn, not in the system prompt: small
+instruction-tuned models (the default SmolLM2-135M) follow the turn they answer better than a
+long system prompt. Measured with the default model on the first 40 DSTC11 dev knowledge turns,
+gold sources, 60 new tokens: ROUGE-L 0.195 / BLEU 0.037 against 0.183 / 0.034 with the sources in
+the system prompt, and shorter replies (24 words against 27); on the sample FAQ the old layout
+wandered into long invented answers where this one answered in a sentence.
+It also keeps the system prompt and the conversation so far as a stable prompt prefix, which the
+``hf`` backend's prefix cache reuses from one turn to the next.
 
 Sources are numbered from 1 in the order given, ``[n] title: text``; the model cites them with
 ``[n]`` and ``cited_numbers`` reads the citations back. History is trimmed oldest-first until its
@@ -80,13 +89,12 @@ def build_messages(
     count_tokens: Callable[[str], int] | None = None,
     history_tokens: int = 384,
 ) -> list[dict]:
-    """Chat messages for the generator: system with numbered sources, trimmed history, the message.
+    """Chat messages for the generator: system, trimmed history, numbered sources with the message.
 
     ``history``: earlier turns, oldest first, as ``{"role": "user"|"agent"|"bot"|"human", "text"}``
     (the current ``message`` is not part of it). Unknown roles raise ``ValueError``.
     """
-    system_text = f"{system.strip()}\n\nSources:\n{format_sources(sources)}"
-    out: list[dict] = [{"role": "system", "content": system_text}]
+    out: list[dict] = [{"role": "system", "content": system.strip()}]
     for turn in trim_history(history, history_tokens, count_tokens):
         role = ROLE_MAP.get(turn["role"])
         if role is None:
@@ -95,11 +103,12 @@ def build_messages(
             out[-1]["content"] += "\n" + turn["text"]
         else:
             out.append({"role": role, "content": turn["text"]})
-    # The visitor's message always comes last, as its own user turn.
+    # The visitor's message always comes last, in a user turn, after the sources it is answered from.
+    question = f"Sources:\n{format_sources(sources)}\n\nQuestion: {message.strip()}"
     if out[-1]["role"] == "user":
-        out[-1]["content"] += "\n" + message.strip()
+        out[-1]["content"] += "\n\n" + question
     else:
-        out.append({"role": "user", "content": message.strip()})
+        out.append({"role": "user", "content": question})
     return out
 
 

@@ -104,10 +104,11 @@ class DialogueSettings(BaseModel):
     clarify_threshold: float = 0.075
     history_tokens: int = 384
     max_sources: int = 8
+    # Short and direct: the default 135M model follows a brief instruction best (bot/prompting.py).
     system_prompt: str = (
-        "You are a helpful customer-support assistant. Answer only from the numbered sources. "
-        "Cite the sources you use with [1], [2]. If the sources do not contain the answer, say "
-        "you don't know and offer to connect the visitor with a person."
+        "You are a customer-support assistant. Answer in one or two short sentences, using only "
+        "the sources, and cite them like [1]. If the sources do not answer the question, say you "
+        "don't know."
     )
     # Retrieval candidates the policy sees, and earlier turns passed to the retriever with them.
     candidates: int = 20
@@ -116,9 +117,13 @@ class DialogueSettings(BaseModel):
     select_margin: float = 0.7
     select_same_entity: bool = True
     select_min_confidence: float = 0.0
-    # "" = the rule above; "dstc11" = the bundled learned selector (bot/selector.py), or a path
-    # to one trained by bench/train_selector.py for the same embedder.
+    # "" = the rule above; "dstc11-cross" = the bundled cross-encoder (bot/cross_selector.py,
+    # which also decides whether to answer), "dstc11" = the bundled MLP (bot/selector.py), a path
+    # to one trained by bench/train_cross_selector.py or bench/train_selector.py; "auto" = the
+    # cross-encoder, else the MLP, when trained for this embedder.
     selector: str = "auto"
+    # torch threads of one cross-encoder selection (1: two threads thrash on 2 busy cores).
+    selector_threads: int = 1
     handoff_message: str = (
         "I'm sorry, I can't answer that from our help center. I've asked a member of our team to "
         "take over this conversation; they will reply here as soon as they can."

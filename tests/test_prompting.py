@@ -18,11 +18,12 @@ def test_sources_are_numbered_in_order_from_hits_and_dicts():
         history=[],
         system="Answer from the sources.",
     )
-    assert msgs[0]["role"] == "system"
-    assert msgs[0]["content"] == (
-        "Answer from the sources.\n\nSources:\n[1] Refunds: Refunds take 5 days.\n[2] Shipping: Free over $50."
-    )
-    assert msgs[-1] == {"role": "user", "content": "How long do refunds take?"}
+    assert msgs[0] == {"role": "system", "content": "Answer from the sources."}
+    # The sources travel with the question, in the last user turn.
+    assert msgs[-1] == {"role": "user", "content": (
+        "Sources:\n[1] Refunds: Refunds take 5 days.\n[2] Shipping: Free over $50.\n\n"
+        "Question: How long do refunds take?"
+    )}
     assert len(msgs) == 2
 
 
@@ -47,7 +48,7 @@ def test_history_trimmed_by_tokens_oldest_first():
     msgs = build_messages("next?", [], history, "S", count_tokens=len, history_tokens=25)
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
     assert msgs[1]["content"] == "c" * 10 and msgs[2]["content"] == "d" * 10
-    assert msgs[-1]["content"] == "next?"
+    assert msgs[-1]["content"].endswith("\n\nQuestion: next?")
 
 
 def test_trimming_uses_the_model_tokenizer(tiny_lm_dir):
@@ -65,11 +66,12 @@ def test_trimming_uses_the_model_tokenizer(tiny_lm_dir):
     msgs = build_messages("and returns?", [], history, "S", count_tokens=count, history_tokens=budget)
     contents = [m["content"] for m in msgs[1:]]
     assert contents == ["turn 9: refunds and shipping", "turn 10: refunds and shipping",
-                        "turn 11: refunds and shipping", "and returns?"]
+                        "turn 11: refunds and shipping",
+                        "Sources:\nNo sources were found for this question.\n\nQuestion: and returns?"]
     assert [m["role"] for m in msgs] == ["system", "assistant", "user", "assistant", "user"]
     # the chat template renders it, ending with the visitor's message then the assistant prompt
     rendered = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    assert rendered.endswith("and returns?<|im_end|>\n<|im_start|>assistant\n")
+    assert rendered.endswith("Question: and returns?<|im_end|>\n<|im_start|>assistant\n")
     assert "turn 8" not in rendered
 
 
@@ -89,7 +91,9 @@ def test_roles_mapped_and_merged():
 
 def test_last_message_is_the_users_even_after_a_user_turn():
     msgs = build_messages("second", [], [{"role": "user", "text": "first"}], "S")
-    assert msgs[-1] == {"role": "user", "content": "first\nsecond"}
+    assert msgs[-1] == {"role": "user", "content": (
+        "first\n\nSources:\nNo sources were found for this question.\n\nQuestion: second"
+    )}
 
 
 def test_cited_numbers():

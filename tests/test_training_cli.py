@@ -79,7 +79,7 @@ def test_build_train_promote_end_to_end(run, files, tmp_path, tiny_lm_dir):
     assert (stats["train_examples"], stats["dev_examples"]) == (16, 4)
     assert stats["pii"] == {"PHONE": 10} and stats["sources"] == "gold"
     gold = [json.loads(line) for line in (ds / "train.jsonl").read_text().splitlines()]
-    assert any("[1] ALLENBELL" in ex["messages"][0]["content"] for ex in gold)
+    assert any("[1] ALLENBELL" in ex["messages"][-1]["content"] for ex in gold)
 
     out = tmp_path / "ft"
     res = run("train", "--data", ds, "--base", tiny_lm_dir, "--out", out, "--max-steps", "3",

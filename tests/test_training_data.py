@@ -150,7 +150,7 @@ def test_one_example_per_agent_turn_with_the_serving_prompt():
          {"role": "agent", "text": "Yes, parking is free."}],
         SHORT.system_prompt, history_tokens=SHORT.history_tokens,
     )
-    assert "[1] Hotel: Breakfast costs 10." in second.messages[0]["content"]
+    assert "[1] Hotel: Breakfast costs 10." in second.messages[-1]["content"]
     assert examples[0].sources == ["p:1"]  # unknown ids are left out
 
 

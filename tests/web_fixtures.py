@@ -41,8 +41,9 @@ class ScriptedGenerator:
         return len(text.split())
 
     def stream(self, messages, **params):
-        system = messages[0]["content"] if messages else ""
-        found = re.search(r"\[1\][^:\n]*:\s*(.+)", system, re.S)
+        # The prompt builder puts the numbered sources in the last user turn, before the question.
+        last = messages[-1]["content"].split("\n\nQuestion: ")[0] if messages else ""
+        found = re.search(r"\[1\][^:\n]*:\s*(.+)", last, re.S)
         source = found.group(1) if found else "I do not know."
         words = source.split()[: self.words]
         for i, word in enumerate(words):
