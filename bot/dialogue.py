@@ -57,23 +57,35 @@ class DialogueManager:
         self.settings = settings
         self.selector = None
         if settings.selector:
-            from bot.selector import load_selector
+            from bot.selector import LearnedSelector, SnapshotVectors, load_selector
 
-            from bot.selector import SnapshotVectors
-
-            self.selector = load_selector(settings.selector, getattr(retriever, "embedder", None))
-            if self.selector is not None:
+            self.selector = load_selector(settings.selector, getattr(retriever, "embedder", None),
+                                          threads=settings.selector_threads)
+            if isinstance(self.selector, LearnedSelector):
                 self.selector.stored_vectors = SnapshotVectors(retriever)
 
     # -- the parts, usable alone (evaluation runs them without storing) ------------------------
     def retrieve(self, message: str, turns: Sequence[dict]) -> list[Hit]:
         """Candidates for ``message`` in the conversation ``turns`` (earlier turns, oldest first)."""
-        return self.retriever.search(message, k=self.settings.candidates, turns=list(turns))
+        # A selector may read a longer candidate list than the policy (its pool, ``selector.k``).
+        k = max(self.settings.candidates, getattr(self.selector, "k", 0))
+        return self.retriever.search(message, k=k, turns=list(turns))
 
     def plan(self, message: str, hits: Sequence[Hit]) -> tuple[Decision, list[Hit]]:
-        """The decision and the sources an answer would be grounded in."""
+        """The decision and the sources an answer would be grounded in.
+
+        A selector that ``detects`` (the cross-encoder) also decides whether the turn is answered
+        from sources: it answers when it selects something and asks back when it selects nothing,
+        whatever the retrieval confidence; a request for a person or no hits still hand off."""
         decision = decide(message, hits, self.settings)
-        return decision, self.select(message, hits) if decision.action == ANSWER else []
+        if not getattr(self.selector, "detects", False) or decision.reason in ("requested", "no_knowledge"):
+            return decision, self.select(message, hits) if decision.action == ANSWER else []
+        selected = self.select(message, hits)
+        if selected and decision.action != ANSWER:
+            decision = Decision(ANSWER, "selected", decision.confidence)
+        elif not selected and decision.action == ANSWER:
+            decision = Decision(CLARIFY, "nothing_selected", decision.confidence)
+        return decision, selected
 
     def select(self, message: str, hits: Sequence[Hit]) -> list[Hit]:
         """The passages an answer is grounded in (learned selector when configured, else the rule)."""

@@ -154,13 +154,19 @@ class SnapshotVectors:
             return self._vecs[rows]
 
 
-def load_selector(name: str, embedder) -> LearnedSelector | None:
-    """The selector named by ``dialogue.selector``: ``""`` none (the rule), ``"auto"`` the bundled
-    one when it was trained for this embedder (else none), a bundled name or a path (strict:
-    a wrong embedder is a ConfigError)."""
+def load_selector(name: str, embedder, threads: int = 1):
+    """The selector named by ``dialogue.selector``: ``""`` none (the rule); ``"auto"`` the bundled
+    cross-encoder (``bot/cross_selector.py``) when it was trained behind this embedder and its base
+    model is installed, else the bundled MLP when it was trained for this embedder, else none; a
+    bundled name (``dstc11-cross``, ``dstc11``) or a path: a folder is a cross selector, a file an
+    MLP ``.npz`` (strict: a wrong embedder or a broken file is a ConfigError)."""
+    from bot.cross_selector import BUNDLED_CROSS, CrossSelector, fits
+
     if not name:
         return None
     if name == "auto":
+        if fits(BUNDLED_CROSS["dstc11-cross"], embedder):
+            return CrossSelector.load(BUNDLED_CROSS["dstc11-cross"], threads=threads, embedder=embedder)
         path = BUNDLED["dstc11"]
         if embedder is None or not path.is_file():
             return None
@@ -172,4 +178,7 @@ def load_selector(name: str, embedder) -> LearnedSelector | None:
         if trained_for != getattr(embedder, "model_id", None):
             return None
         name = "dstc11"
+    cross = BUNDLED_CROSS.get(name)
+    if cross is not None or (name not in BUNDLED and Path(name).expanduser().is_dir()):
+        return CrossSelector.load(cross or name, threads=threads, embedder=embedder)
     return LearnedSelector.load(name, embedder)

