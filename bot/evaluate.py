@@ -5,8 +5,13 @@ decides answer / clarify / hand off, selects the passages it grounds the answer 
 generation is off) generates the reply it would send. Scored as the DSTC11 Track 5 scorer does:
 
 * selection precision / recall / F1: true/false positives and false negatives of the selected
-  document ids against the gold ids, summed over the knowledge-seeking (``target``) instances
-  (micro-averaged). A turn the bot does not answer selects nothing (all its gold ids are misses).
+  document ids against the gold ids, summed (micro-averaged) over every instance where the gold
+  list or the selected list is non-empty, as alexa/dstc11-track5 ``scripts/scores.py`` does: a
+  turn the bot does not answer selects nothing (its gold ids are misses), and what the bot selects
+  on a turn that needs no knowledge counts as false positives. Exact match: the share of those
+  instances whose selection equals the gold set.
+* detection precision / recall / F1: the bot answering (grounded in sources) as the prediction of
+  a knowledge-seeking turn.
 * recall@5 and MRR of the retriever's ranking (document ids, first occurrence) on target turns.
 * BLEU: sacrebleu's corpus BLEU / 100; ROUGE-1/2/L: rouge-score F-measure with stemming, averaged
   over target instances; the reply scored is the one the bot sends (a refusal if it hands off).
@@ -119,13 +124,17 @@ def summarize(records: Iterable[Record]) -> dict[str, Any]:
     oos = [r for r in records if r.out_of_scope]
 
     tp = fp = fn = 0
-    exact = 0
-    hits5 = 0
-    rr = 0.0
-    for r in targets:
+    exact = counted = 0
+    for r in dialog:
+        if not r.gold and not r.selected:
+            continue
         a, b, c = selection_counts(r.gold, r.selected)
         tp, fp, fn = tp + a, fp + b, fn + c
         exact += int(b == 0 and c == 0)
+        counted += 1
+    hits5 = 0
+    rr = 0.0
+    for r in targets:
         gold = set(r.gold)
         hits5 += int(any(d in gold for d in r.ranked[:5]))
         rank = next((i for i, d in enumerate(r.ranked, start=1) if d in gold), None)
@@ -139,7 +148,8 @@ def summarize(records: Iterable[Record]) -> dict[str, Any]:
         "selection_precision": p,
         "selection_recall": rcl,
         "selection_f1": f1,
-        "selection_exact_match": exact / n if n else 0.0,
+        "selection_exact_match": exact / counted if counted else 0.0,
+        "selection_instances": counted,
         "recall@5": hits5 / n if n else 0.0,
         "mrr": rr / n if n else 0.0,
     }
@@ -151,6 +161,10 @@ def summarize(records: Iterable[Record]) -> dict[str, Any]:
     correct = sum(r.decision == ANSWER for r in targets) + sum(r.decision != ANSWER for r in non_targets)
     out["decision_accuracy"] = correct / len(dialog) if dialog else 0.0
     out["target_answer_rate"] = sum(r.decision == ANSWER for r in targets) / n if n else 0.0
+    answered_targets = sum(r.decision == ANSWER for r in targets)
+    answered = answered_targets + sum(r.decision == ANSWER for r in non_targets)
+    out["detection_precision"], out["detection_recall"], out["detection_f1"] = _prf(
+        answered_targets, answered - answered_targets, n - answered_targets)
     out["non_target_no_answer_rate"] = (
         sum(r.decision != ANSWER for r in non_targets) / len(non_targets) if non_targets else None
     )
@@ -296,7 +310,7 @@ def run_eval(
             "backend": (backend or settings.generator.backend) if generate else None,
             "policy": settings.dialogue.model_dump(
                 include={"answer_threshold", "clarify_threshold", "candidates", "select_margin",
-                         "select_same_entity", "select_min_confidence", "max_sources"}
+                         "select_same_entity", "select_min_confidence", "max_sources", "selector"}
             ),
             "kb_chunks": ingest.get("chunks"),
             "kb_cached": ingest.get("cached", False),

@@ -64,6 +64,28 @@ def test_summary_matches_hand_computed_figures():
     assert s["tokens_per_s"] == pytest.approx(40 / 3)
 
 
+def test_selection_is_counted_as_the_dstc11_scorer_counts_it():
+    """Every instance with gold or selected documents counts, target or not (scripts/scores.py of
+    alexa/dstc11-track5): knowledge selected on a turn that needs none is false positives."""
+    records = [
+        rec("A", True, ["a1", "a2"], ["a1"], ["a1"], "answer"),  # tp 1, fn 1
+        rec("N1", False, [], ["x"], ["x1", "x2"], "answer"),  # answered a non-target turn: fp 2
+        rec("N2", False, [], ["y"], [], "clarify"),  # nothing on either side: not counted
+        rec("C", True, ["c1"], ["z"], [], "handoff"),  # not answered: fn 1
+        rec("O", False, [], [], ["o1"], "answer", out_of_scope=True),  # not a dialogue instance
+    ]
+    s = summarize(records)
+    assert s["selection_precision"] == pytest.approx(1 / 3)  # tp 1 / (tp 1 + fp 2)
+    assert s["selection_recall"] == pytest.approx(1 / 3)  # tp 1 / (tp 1 + fn 2)
+    assert s["selection_f1"] == pytest.approx(1 / 3)
+    assert s["selection_instances"] == 3 and s["selection_exact_match"] == 0.0
+    # detection: answered 2 dialogue turns, one of them knowledge-seeking, of 2 such turns
+    assert s["detection_precision"] == pytest.approx(1 / 2)
+    assert s["detection_recall"] == pytest.approx(1 / 2)
+    # counting target instances only (the old way) would have said P 1, R 1/3
+    assert summarize([r for r in records if r.target])["selection_precision"] == 1.0
+
+
 def test_no_generation_leaves_reply_scores_empty():
     s = summarize([rec("A", True, ["a"], ["a"], ["a"], "answer")])
     assert s["selection_f1"] == 1.0 and s["bleu"] is None and s["rougeL"] is None
@@ -136,11 +158,13 @@ def test_run_eval_end_to_end_with_extractive_replies(settings, tiny_split):
     gen = build_generator(settings.generator, settings.data_dir)
     comps = Components(settings, embedder=HashingEmbedder(dim=256), generator=gen)
     report = run_eval(settings, kb, dialogues, progress=False, components=comps, out_of_scope=False)
-    # t1: tp 1; t2: tp 1, fn 1 (the second gold id) -> P 1, R 2/3
+    # t1: tp 1; t2: tp 1, fn 1 (the second gold id); n1 (needs no knowledge, answered because the
+    # thresholds are 0): its one source is a false positive -> P 2/3, R 2/3
     assert report["n"] == 2 and report["n_instances"] == 3
-    assert report["selection_precision"] == 1.0
+    assert report["selection_precision"] == pytest.approx(2 / 3)
     assert report["selection_recall"] == pytest.approx(2 / 3)
-    assert report["selection_f1"] == pytest.approx(0.8)
+    assert report["selection_f1"] == pytest.approx(2 / 3)
+    assert report["selection_instances"] == 3
     assert report["recall@5"] == 1.0 and report["mrr"] == 1.0
     # t1's extractive reply is the gold answer plus " [1]": ROUGE-1 P 7/8 (the citation token "1"
     # is extra), R 1 -> F 14/15; t2 shares "7", "to", "10" with its gold reply
