@@ -91,6 +91,10 @@ class GeneratorSettings(BaseModel):
     # model (memory-bound steps, ~1.9x faster, same greedy tokens in bench/generate.py); model = the
     # model's own dtype (token-for-token equal to generate()); or float16 / bfloat16.
     decode_dtype: str = "auto"
+    # hf backend on CPU: torch threads of the single-token decode steps (0 = same as prefill). One
+    # is as fast as two on 2 cores in a server, at a quarter less CPU (bot/generators/fast_llama.py);
+    # raise it on machines with many cores and memory channels.
+    decode_threads: int = 1
     # openai backend
     base_url: str = "http://127.0.0.1:8000/v1"
     api_key: str = ""

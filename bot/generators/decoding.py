@@ -163,15 +163,16 @@ class HFRunner:
         return out.logits[0, -1].float()
 
 
-def make_runner(model, fast: bool = True, decode_dtype: torch.dtype | None = None):
+def make_runner(model, fast: bool = True, decode_dtype: torch.dtype | None = None, decode_threads: int = 0):
     """The lean Llama-family runner when the model allows it (and ``fast``), else ``HFRunner``.
 
-    ``decode_dtype``: half-precision weights for single-token steps (``fast_llama`` only).
+    ``decode_dtype`` / ``decode_threads``: weights and CPU threads of single-token steps
+    (``fast_llama`` only; see there).
     """
     from bot.generators import fast_llama
 
     if fast and fast_llama.supports(model):
-        return fast_llama.FastLlama(model, decode_dtype=decode_dtype)
+        return fast_llama.FastLlama(model, decode_dtype=decode_dtype, decode_threads=decode_threads)
     return HFRunner(model)
 
 

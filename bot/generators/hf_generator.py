@@ -97,6 +97,7 @@ class HFGenerator(UsageMixin):
         threads: int = 0,
         fast: bool = True,
         decode_dtype: str = "auto",
+        decode_threads: int = 1,
     ):
         self.model_name = str(model)
         self.model_id = DEFAULT_MODEL_ID if self.model_name == "default" else self.model_name
@@ -111,6 +112,7 @@ class HFGenerator(UsageMixin):
         self.threads = threads
         self.fast = fast  # the lean Llama-family forward where it applies (see fast_llama)
         self.decode_dtype_setting = decode_dtype
+        self.decode_threads = decode_threads
         self.tokenizer = None
         self.runner = None
         self.model = None
@@ -168,7 +170,7 @@ class HFGenerator(UsageMixin):
 
             model = model.to(device).eval()
             decode_dtype = resolve_decode_dtype(self.decode_dtype_setting, device, dtype)
-            self.runner = make_runner(model, self.fast, decode_dtype)
+            self.runner = make_runner(model, self.fast, decode_dtype, self.decode_threads)
             self._model_thread = ModelThread()
             self._warm_up(model)
             self.model = model
