@@ -24,7 +24,12 @@ the predicted list is non-empty), with the serving rule (``CrossSelector.choose`
 selects nothing) for use without the detector. Dev data is never used here;
 ``supportbot eval --no-generate`` on dialogues_dev.jsonl reports it.
 
-    nice python bench/train_cross_selector.py [--out bot/selectors/dstc11-minilm-cross]
+    python bench/train_cross_selector.py [--out bot/selectors/dstc11-minilm-cross]
+
+The bundled selector is this command's defaults: 12,406 pairs, 388 steps of 32, 18.3 minutes of
+training on one thread of a 2-core CPU shared with other jobs (about 31 minutes with retrieval and
+held-out scoring); held-out (388 train instances) selection F1 0.585 (P 0.637, R 0.542), detector
+accuracy 0.982, gold in the pool 0.854.
     nice python bench/train_cross_selector.py --adapter DIR   # reuse a trained adapter: detector + thresholds only
 """
 from __future__ import annotations
@@ -174,13 +179,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bot" / "selectors" / "dstc11-minilm-cross")
     ap.add_argument("--data-dir", type=Path, default=Path("var"))
     ap.add_argument("--k", type=int, default=50, help="retriever hits the pool is drawn from")
-    ap.add_argument("--entities", type=int, default=3, help="distinct entities in the pool")
-    ap.add_argument("--max-length", type=int, default=96)
-    ap.add_argument("--negatives", type=int, default=8)
-    ap.add_argument("--other-negatives", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--entities", type=int, default=2, help="distinct entities in the pool")
+    ap.add_argument("--max-length", type=int, default=80)
+    ap.add_argument("--negatives", type=int, default=6)
+    ap.add_argument("--other-negatives", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--lr", type=float, default=8e-4)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--max-sources", type=int, default=8)
     ap.add_argument("--limit", type=int, default=None, help="only the first N train instances (smoke runs)")

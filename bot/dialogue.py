@@ -74,18 +74,20 @@ class DialogueManager:
     def plan(self, message: str, hits: Sequence[Hit]) -> tuple[Decision, list[Hit]]:
         """The decision and the sources an answer would be grounded in.
 
-        A selector that ``detects`` (the cross-encoder) also decides whether the turn is answered
-        from sources: it answers when it selects something and asks back when it selects nothing,
-        whatever the retrieval confidence; a request for a person or no hits still hand off."""
+        A selector that ``detects`` (the cross-encoder) also decides between answering and asking
+        back: it answers a turn the retrieval confidence would clarify when it selects something,
+        and asks back when it selects nothing. A hand-off (a request for a person, no hits, or a
+        confidence below ``clarify_threshold``: out of scope) stays one; letting the selector
+        override it answered 20 of the 60 out-of-scope questions."""
         decision = decide(message, hits, self.settings)
-        if not getattr(self.selector, "detects", False) or decision.reason in ("requested", "no_knowledge"):
+        if not getattr(self.selector, "detects", False) or decision.action == HANDOFF:
             return decision, self.select(message, hits) if decision.action == ANSWER else []
         selected = self.select(message, hits)
-        if selected and decision.action != ANSWER:
+        if selected and decision.action == CLARIFY:
             decision = Decision(ANSWER, "selected", decision.confidence)
         elif not selected and decision.action == ANSWER:
             decision = Decision(CLARIFY, "nothing_selected", decision.confidence)
-        return decision, selected
+        return decision, selected if decision.action == ANSWER else []
 
     def select(self, message: str, hits: Sequence[Hit]) -> list[Hit]:
         """The passages an answer is grounded in (learned selector when configured, else the rule)."""

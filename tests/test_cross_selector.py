@@ -179,8 +179,13 @@ def test_bundled_cross_selector_is_complete():
     assert (path / "adapter_model.safetensors").stat().st_size < 5_000_000  # an adapter, not a model
 
 
-@pytest.mark.parametrize("detect, action, n_sources", [(0.0, "answer", 3), (1.01, "clarify", 0)])
-def test_dialogue_manager_lets_the_selector_decide(tiny_base, tmp_path, settings, detect, action, n_sources):
+@pytest.mark.parametrize("detect, answer_at, clarify_at, action, n_sources", [
+    (0.0, 1.1, 0.0, "answer", 3),  # retrieval alone would ask back; the selector selects: answer
+    (1.01, 0.0, 0.0, "clarify", 0),  # retrieval alone would answer; the selector selects nothing
+    (0.0, 1.1, 1.1, "handoff", 0),  # out of scope for retrieval: handed off whatever the selector says
+])
+def test_dialogue_manager_lets_the_selector_decide(tiny_base, tmp_path, settings, detect, answer_at, clarify_at,
+                                                   action, n_sources):
     from pathlib import Path
 
     from bot.components import Components
@@ -190,10 +195,9 @@ def test_dialogue_manager_lets_the_selector_decide(tiny_base, tmp_path, settings
     comps = Components(settings, embedder=HashingEmbedder(64))
     comps.knowledge.ingest("default", [Path(__file__).resolve().parent.parent / "samples" / "faq"], progress=False)
     path = write_cross(tmp_path / "s", tiny_base, detect=detect, select=0.0, k=25, entities=3)
-    # retrieval alone would ask back (threshold above any confidence) or answer (threshold 0)
     dialogue_settings = settings.dialogue.model_copy(update={
-        "selector": str(path), "answer_threshold": 1.1 if action == "answer" else 0.0,
-        "clarify_threshold": 0.0, "max_sources": 3, "candidates": 4})
+        "selector": str(path), "answer_threshold": answer_at, "clarify_threshold": clarify_at,
+        "max_sources": 3, "candidates": 4})
     dm = DialogueManager(comps.conversations, comps.retriever("default"), None, dialogue_settings)
     assert isinstance(dm.selector, CrossSelector)
     hits = dm.retrieve("How long does a refund take?", [])
