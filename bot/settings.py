@@ -124,7 +124,8 @@ class DialogueSettings(BaseModel):
     # "" = the rule above; "dstc11-cross" = the bundled cross-encoder (bot/cross_selector.py,
     # which also decides whether to answer), "dstc11" = the bundled MLP (bot/selector.py), a path
     # to one trained by bench/train_cross_selector.py or bench/train_selector.py; "auto" = the
-    # cross-encoder, else the MLP, when trained for this embedder.
+    # MLP when trained for this embedder (the DSTC11-trained cross-encoder asked back on most
+    # sample-FAQ questions: opt in with "dstc11-cross" for review-style knowledge bases).
     selector: str = "auto"
     # torch threads of one cross-encoder selection (1: two threads thrash on 2 busy cores).
     selector_threads: int = 1

@@ -166,6 +166,13 @@ def test_load_selector_dispatches_folders_and_auto_checks_the_embedder(tiny_base
     assert isinstance(load_selector(str(path), HashingEmbedder(64)), CrossSelector)
     assert fits(path, HashingEmbedder(64)) and not fits(path, HashingEmbedder(32)) and not fits(path, None)
     assert load_selector("auto", HashingEmbedder(64)) is None  # the bundled one is for MiniLM
+    # For the MiniLM embedder, "auto" is the MLP: the DSTC11-trained cross-encoder and its detector
+    # asked back on most questions about a general FAQ. The cross-encoder is chosen by name.
+    from bot.selector import BUNDLED, LearnedSelector
+
+    with np.load(BUNDLED["dstc11"]) as data:
+        minilm = type("MiniLM", (), {"model_id": json.loads(str(data["meta"]))["embedder"]})()
+    assert isinstance(load_selector("auto", minilm), LearnedSelector)
 
 
 def test_bundled_cross_selector_is_complete():
