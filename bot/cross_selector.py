@@ -152,12 +152,20 @@ class CrossSelector:
         from peft import PeftModel
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from transformers.utils import logging as hf_logging
+
+        # The base checkpoint has no classifier head, and transformers reports it as missing; the
+        # adapter supplies it (saved with the LoRA weights), so the report would only mislead.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
         try:
             tokenizer = AutoTokenizer.from_pretrained(base_dir)
             model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1)
             model = PeftModel.from_pretrained(model, path).merge_and_unload()
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise ConfigError(f"dialogue.selector={str(path)!r}: cannot load the adapter on {base_dir}: {exc}") from exc
+        finally:
+            hf_logging.set_verbosity(verbosity)
         return cls(model, tokenizer, meta, threads=threads, detector=detector, embedder=embedder)
 
     def needs_knowledge(self, message: str) -> bool | None:
