@@ -40,6 +40,7 @@ from typing import Sequence
 import numpy as np
 
 from bot.errors import ConfigError
+from retrieval.embedder import torch_threads
 from retrieval.types import Hit
 
 META = "selector.json"
@@ -185,14 +186,8 @@ class CrossSelector:
         with self._lock:
             batch = self.tokenizer([message] * len(passages), list(passages), truncation=True,
                                    max_length=self.max_length, padding=True, return_tensors="pt")
-            before = torch.get_num_threads()
-            if self.threads > 0:
-                torch.set_num_threads(self.threads)
-            try:
-                with torch.inference_mode():
-                    out = self.model(**batch).logits[:, 0]  # (n,)
-            finally:
-                torch.set_num_threads(before)
+            with torch_threads(self.threads), torch.inference_mode():
+                out = self.model(**batch).logits[:, 0]  # (n,)
         return out.float().numpy()
 
     def probabilities(self, message: str, hits: Sequence[Hit]) -> np.ndarray:

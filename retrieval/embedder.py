@@ -32,7 +32,7 @@ SMALL_BATCH = 8  # up to this many texts is a query, not an ingestion batch
 
 
 @contextmanager
-def _torch_threads(n: int):
+def torch_threads(n: int):
     """Run torch ops of the calling thread on ``n`` threads (OpenMP's count is per thread, so
     other threads keep theirs); ``n <= 0`` changes nothing."""
     if n <= 0:
@@ -133,7 +133,7 @@ class SentenceTransformerEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         model = self.model
         threads = self.settings.query_threads if len(texts) <= SMALL_BATCH else 0
-        with self._lock, _torch_threads(threads):
+        with self._lock, torch_threads(threads):
             vecs = model.encode(
                 texts,
                 batch_size=self.settings.batch_size,

@@ -111,12 +111,12 @@ def test_cpu_float32_decodes_on_float16_weights_close_to_the_exact_step(tiny_lm_
     assert half.decode_threads == 1
     torch.set_num_threads(2)
     seen = []
-    real = half._step_half
-    half._step_half = lambda *a: seen.append(torch.get_num_threads()) or real(*a)
+    real = half._run
+    half._run = lambda *a, **kw: seen.append(torch.get_num_threads()) or real(*a, **kw)
     try:
         half.forward(ids[:1], hc)
     finally:
-        del half._step_half
+        del half._run
     assert seen == [1] and torch.get_num_threads() == 2
     torch.set_num_threads(1)
     # "model" keeps every step in the model's dtype; nonsense is refused.

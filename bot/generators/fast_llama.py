@@ -45,6 +45,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from retrieval.embedder import torch_threads
+
 _ARCHS = {"llama", "mistral", "qwen2"}
 
 
@@ -189,37 +191,38 @@ class FastLlama:
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Feed ``ids`` (T,) at positions ``cache.length ...``; return the last position's logits (V,)."""
-        t = ids.shape[0]
-        if t == 1 and self.decode_threads > 0 and self.device.type == "cpu":
-            before = torch.get_num_threads()
-            if before != self.decode_threads:
-                torch.set_num_threads(self.decode_threads)
-                try:
-                    return self._step(ids, cache)
-                finally:
-                    torch.set_num_threads(before)
-        return self._step(ids, cache)
+        if ids.shape[0] > 1:
+            return self._run(ids, cache, half=False)
+        with torch_threads(self.decode_threads if self.device.type == "cpu" else 0):
+            if self._half is not None:
+                logits = self._run(ids, cache, half=True)
+                if bool(torch.isfinite(logits).all()):
+                    return logits
+                cache.length -= 1  # half-precision overflow: redo this step in the model's dtype
+            return self._run(ids, cache, half=False)
 
-    def _step(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def _run(self, ids: torch.Tensor, cache: KVCache, half: bool) -> torch.Tensor:
+        """The layers over ``ids``: on the model's own modules, or (``half``, one token) on the
+        fused half-precision copies, whose outputs come back in the model's dtype."""
         t = ids.shape[0]
-        if t == 1 and self._half is not None:
-            logits = self._step_half(ids, cache)
-            if bool(torch.isfinite(logits).all()):
-                return logits
-            cache.length -= 1  # half-precision overflow: redo this step in the model's dtype
         start, end = cache.length, cache.length + t
         if end > cache.k.shape[2]:
             raise RuntimeError(f"KV cache full: {end} > {cache.k.shape[2]} tokens")
         positions = torch.arange(start, end, device=self.device)
         cos, sin = self._rotary(positions)  # (T, d), broadcast over heads
         h = self.embed(ids.unsqueeze(0))  # (1, T, C)
-        hd, nh, nkv = self.head_dim, self.n_heads, self.n_kv
+        hd, nh, nkv, dt = self.head_dim, self.n_heads, self.n_kv, self.decode_dtype
         for i, layer in enumerate(self.layers):
             attn, mlp = layer.self_attn, layer.mlp
             x = self._rms_norm(h, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
-            q = attn.q_proj(x).view(1, t, nh, hd).transpose(1, 2)  # (1, H, T, d)
-            k = attn.k_proj(x).view(1, t, nkv, hd).transpose(1, 2)  # (1, KV, T, d)
-            v = attn.v_proj(x).view(1, t, nkv, hd).transpose(1, 2)
+            if half:
+                w_qkv, w_o, w_gu, w_down = self._half[i]
+                q, k, v = F.linear(x.to(dt), w_qkv).to(self.dtype).split((nh * hd, nkv * hd, nkv * hd), dim=-1)
+            else:
+                q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+            q = q.view(1, t, nh, hd).transpose(1, 2)  # (1, H, T, d)
+            k = k.view(1, t, nkv, hd).transpose(1, 2)  # (1, KV, T, d)
+            v = v.view(1, t, nkv, hd).transpose(1, 2)
             q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
             cache.k[i, :, start:end] = k[0]
             cache.v[i, :, start:end] = v[0]
@@ -232,46 +235,18 @@ class FastLlama:
                 attn_mask=self._prefix_mask(t, end) if t > 1 and start > 0 else None,
             )  # (1, H, T, d)
             o = o.transpose(1, 2).reshape(1, t, nh * hd)
-            h = h + attn.o_proj(o)
+            h = h + (F.linear(o.to(dt), w_o).to(self.dtype) if half else attn.o_proj(o))
             x = self._rms_norm(h, layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
-            h = h + mlp.down_proj(F.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
+            if half:
+                gate, up = F.linear(x.to(dt), w_gu).chunk(2, dim=-1)
+                h = h + F.linear(F.silu(gate) * up, w_down).to(self.dtype)
+            else:
+                h = h + mlp.down_proj(F.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
         cache.length = end
         last = self._rms_norm(h[:, -1:], self.norm_w, self.norm_eps)
+        if half:
+            return F.linear(last.to(dt), self._half[-1][0])[0, -1].float()
         return self.lm_head(last)[0, -1].float()
-
-    def _step_half(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """One token with the half-precision fused weights (see the module docstring)."""
-        start = cache.length
-        end = start + 1
-        if end > cache.k.shape[2]:
-            raise RuntimeError(f"KV cache full: {end} > {cache.k.shape[2]} tokens")
-        cos, sin = self._rotary(torch.arange(start, end, device=self.device))
-        h = self.embed(ids.unsqueeze(0))  # (1, 1, C) in the model's dtype
-        hd, nh, nkv, half = self.head_dim, self.n_heads, self.n_kv, self.decode_dtype
-        qd, kd = nh * hd, nkv * hd
-        for i, layer in enumerate(self.layers):
-            w_qkv, w_o, w_gu, w_down = self._half[i]
-            norm = layer.input_layernorm
-            x = self._rms_norm(h, norm.weight, norm.variance_epsilon)
-            qkv = F.linear(x.to(half), w_qkv).to(self.dtype)
-            q = qkv[..., :qd].view(1, 1, nh, hd).transpose(1, 2)
-            k = qkv[..., qd:qd + kd].view(1, 1, nkv, hd).transpose(1, 2)
-            v = qkv[..., qd + kd:].view(1, 1, nkv, hd).transpose(1, 2)
-            q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
-            cache.k[i, :, start:end] = k[0]
-            cache.v[i, :, start:end] = v[0]
-            o = F.scaled_dot_product_attention(
-                q, cache.k[i, :, :end].unsqueeze(0), cache.v[i, :, :end].unsqueeze(0),
-                scale=self.scaling, enable_gqa=nkv != nh,
-            )
-            h = h + F.linear(o.transpose(1, 2).reshape(1, 1, qd).to(half), w_o).to(self.dtype)
-            norm = layer.post_attention_layernorm
-            x = self._rms_norm(h, norm.weight, norm.variance_epsilon)
-            gate, up = F.linear(x.to(half), w_gu).chunk(2, dim=-1)
-            h = h + F.linear(F.silu(gate) * up, w_down).to(self.dtype)
-        cache.length = end
-        last = self._rms_norm(h[:, -1:], self.norm_w, self.norm_eps)
-        return F.linear(last.to(half), self._half[-1][0])[0, -1].float()
 
     def _prefix_mask(self, t: int, end: int) -> torch.Tensor:
         """Causal mask for ``t`` new queries after ``end - t`` cached tokens: (T, S) bool."""
