@@ -220,7 +220,8 @@ class CrossSelector:
 
 def fits(path: Path, embedder) -> bool:
     """True when the selector in ``path`` was trained behind this retriever embedder and its base
-    model is installed (what ``dialogue.selector = "auto"`` requires)."""
+    model is installed (``dialogue.selector = "auto"`` no longer picks a cross selector, so
+    nothing in serving calls this; it answers whether one would fit)."""
     try:
         meta = read_meta(path)
         base_model_dir(meta["base"])
