@@ -20,6 +20,7 @@ SUMMARY_KEYS = (
     ("rougeL", "ROUGE-L"),
     ("decision_accuracy", "decision accuracy"),
     ("target_answer_rate", "answered (knowledge turns)"),
+    ("direct_answer_rate", "answered with an FAQ's own answer"),
     ("non_target_no_answer_rate", "not answered (other turns)"),
     ("out_of_scope_no_answer_rate", "not answered (out of scope)"),
     ("ttft_ms_p50", "time to first token p50 (ms)"),

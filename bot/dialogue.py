@@ -9,6 +9,10 @@ empty or over-long message raise before anything is stored) and returns an itera
   handoff  meta, handoff, done          (the message is in the handoff event, not in tokens)
   failure  meta, token... (what was produced), error   (the partial reply is stored incomplete)
 
+An answer is generated from the numbered sources, or, when the top hit is an FAQ entry the bot
+is confident about, is that entry's own answer (``bot/policy.py`` ``direct_source``; stored with
+model id ``extractive``). A generated reply ends at ``settings.stop`` and before a repeated line.
+
 The user message is stored before retrieval; the bot message row is created before the first
 event (its id is in ``meta``) and completed at the end with the sources, retrieval scores,
 decision, model id, latency, time to first token and token counts.
@@ -22,7 +26,8 @@ from typing import Any, Iterator, Sequence
 from bot.conversations import ConversationStore
 from bot.errors import SupportbotError
 from bot.events import Event
-from bot.policy import ANSWER, CLARIFY, HANDOFF, Decision, decide, select_sources
+from bot.generators.base import RepeatGuard, guarded
+from bot.policy import ANSWER, CLARIFY, DIRECT, HANDOFF, Decision, decide, direct_source, select_sources
 from bot.prompting import build_messages, cited_numbers
 from bot.settings import DialogueSettings
 from retrieval.types import Hit, Retriever
@@ -55,6 +60,9 @@ class DialogueManager:
         self.retriever = retriever
         self.generator = generator
         self.settings = settings
+        from bot.generators.extractive_generator import ExtractiveGenerator
+
+        self.direct_generator = ExtractiveGenerator()
         self.selector = None
         if settings.selector:
             from bot.selector import LearnedSelector, SnapshotVectors, load_selector
@@ -79,6 +87,15 @@ class DialogueManager:
         and asks back when it selects nothing. A hand-off (a request for a person, no hits, or a
         confidence below ``clarify_threshold``: out of scope) stays one; letting the selector
         override it answered 20 of the 60 out-of-scope questions."""
+        decision, selected = self._plan(message, hits)
+        # An FAQ entry that answers the question is replied verbatim (bot/policy.py direct_source).
+        detects = getattr(self.selector, "detects", False)
+        direct = direct_source(decision, hits, self.settings, selected if detects else None)
+        if direct is not None:
+            return Decision(ANSWER, DIRECT, decision.confidence), [direct]
+        return decision, selected
+
+    def _plan(self, message: str, hits: Sequence[Hit]) -> tuple[Decision, list[Hit]]:
         decision = decide(message, hits, self.settings)
         if not getattr(self.selector, "detects", False) or decision.action == HANDOFF:
             return decision, self.select(message, hits) if decision.action == ANSWER else []
@@ -88,6 +105,20 @@ class DialogueManager:
         elif not selected and decision.action == ANSWER:
             decision = Decision(CLARIFY, "nothing_selected", decision.confidence)
         return decision, selected if decision.action == ANSWER else []
+
+    def reply_stream(self, generator, messages: list[dict], sources: Sequence[Hit]):
+        """``(stream, pieces)``: the backend's stream (usage, ``close``) and the text to show. A
+        model's reply ends at the settings' ``stop`` strings and, with ``cut_repeated_lines``, before
+        a line that repeats an earlier one; an FAQ's own answer is shown as written."""
+        if generator is not self.generator:
+            stream = generator.stream(messages, sources=sources)
+            return stream, stream
+        stream = generator.stream(messages, sources=sources, stop=list(self.settings.stop))
+        return stream, guarded(stream, RepeatGuard()) if self.settings.cut_repeated_lines else stream
+
+    def generator_for(self, decision: Decision):
+        """The backend that writes the reply: the FAQ's own answer for a direct decision."""
+        return self.direct_generator if decision.reason == DIRECT else self.generator
 
     def select(self, message: str, hits: Sequence[Hit]) -> list[Hit]:
         """The passages an answer is grounded in (learned selector when configured, else the rule)."""
@@ -132,7 +163,6 @@ class DialogueManager:
         t0 = time.perf_counter()
         turns = self.conversations.turns(conversation_id, limit=self.settings.context_turns)
         self.conversations.add_message(conversation_id, "user", message)
-        model_id = str(getattr(self.generator, "model_id", ""))
         try:
             hits = self.retrieve(message, turns)
             decision, selected = self.plan(message, hits)
@@ -140,6 +170,8 @@ class DialogueManager:
             log.exception("retrieval failed in conversation %s", conversation_id)
             hits, selected = [], []
             decision = Decision(HANDOFF, "retrieval_error", 0.0)
+        generator = self.generator_for(decision)
+        model_id = str(getattr(generator, "model_id", ""))
         scores = [
             {"chunk_id": int(h.chunk_id), "doc_id": h.doc_id, "score": round(float(h.score), 6),
              "confidence": round(float(h.confidence), 6)}
@@ -157,7 +189,7 @@ class DialogueManager:
         elif decision.action == CLARIFY:
             yield from self._clarify(msg_id, hits, t0)
         else:
-            yield from self._answer(msg_id, message, selected, turns, t0)
+            yield from self._answer(msg_id, message, selected, turns, t0, generator)
 
     def _finish(self, msg_id: int, t0: float, **fields: Any) -> Event:
         latency = (time.perf_counter() - t0) * 1000.0
@@ -181,7 +213,7 @@ class DialogueManager:
         yield Event("sources", {"sources": sources})
         yield self._finish(msg_id, t0, text=text, sources=sources, ttft_ms=ttft)
 
-    def _answer(self, msg_id: int, message: str, selected: list[Hit], turns, t0: float):
+    def _answer(self, msg_id: int, message: str, selected: list[Hit], turns, t0: float, generator):
         messages = self.prompt(message, selected, turns)
         pieces: list[str] = []
         ttft: float | None = None
@@ -189,8 +221,8 @@ class DialogueManager:
         stream = None
         try:
             # sources: the extractive backend replies from them; model backends ignore it
-            stream = self.generator.stream(messages, sources=selected)
-            for piece in stream:
+            stream, shown = self.reply_stream(generator, messages, selected)
+            for piece in shown:
                 if not piece:
                     continue
                 if ttft is None:
@@ -198,6 +230,8 @@ class DialogueManager:
                 pieces.append(piece)
                 yield Event("token", {"text": piece})
             finished = True
+            if hasattr(stream, "close"):
+                stream.close()  # a reply cut by the repeat guard: stop generating
         except Exception as exc:  # stored as incomplete; the stream ends with an error event
             log.exception("generation failed for message %s", msg_id)
             self._store_partial(msg_id, pieces, ttft, t0)
@@ -216,7 +250,7 @@ class DialogueManager:
         shown = cited or list(range(1, len(selected) + 1))
         sources = [source_entry(n, selected[n - 1]) for n in shown]
         yield Event("sources", {"sources": sources})
-        prompt_tokens, completion_tokens = self._usage(stream, messages, reply)
+        prompt_tokens, completion_tokens = self._usage(generator, stream, messages, reply)
         yield self._finish(
             msg_id, t0, text=reply, sources=sources, ttft_ms=ttft,
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
@@ -228,13 +262,13 @@ class DialogueManager:
             latency_ms=(time.perf_counter() - t0) * 1000.0,
         )
 
-    def _usage(self, stream, messages: list[dict], reply: str) -> tuple[int | None, int | None]:
+    def _usage(self, generator, stream, messages: list[dict], reply: str) -> tuple[int | None, int | None]:
         """Prompt and completion tokens: the backend's own usage, else counted here."""
         usage = getattr(stream, "usage", None)
         if usage and usage.get("completion_tokens"):
             return int(usage.get("prompt_tokens") or 0) or None, int(usage["completion_tokens"])
-        tok = getattr(self.generator, "tokenizer", None)
-        count = getattr(self.generator, "count_tokens", None)
+        tok = getattr(generator, "tokenizer", None)
+        count = getattr(generator, "count_tokens", None)
         prompt = completion = None
         try:
             if tok is not None and getattr(tok, "chat_template", None):

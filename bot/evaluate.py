@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from bot.errors import SupportbotError
-from bot.policy import ANSWER, HANDOFF
+from bot.policy import ANSWER, DIRECT, HANDOFF
 
 OUT_OF_SCOPE = Path(__file__).with_name("out_of_scope.json")
 
@@ -45,6 +45,7 @@ class Record:
     selected: list[str]  # document ids the reply is grounded in (empty unless it answered)
     decision: str
     confidence: float
+    direct: bool = False  # replied with an FAQ entry's own answer (no generation)
     reply: str | None = None
     gold_response: str = ""
     ttft_ms: float | None = None
@@ -156,6 +157,7 @@ def summarize(records: Iterable[Record]) -> dict[str, Any]:
     replied = [r for r in targets if r.reply is not None]
     out.update(reply_scores([r.reply for r in replied], [r.gold_response for r in replied]))
     out["n_generated"] = len(replied)
+    out["direct_answer_rate"] = sum(r.direct for r in targets) / n if n else 0.0
 
     # Decisions: answer on target turns; anything but an answer elsewhere.
     correct = sum(r.decision == ANSWER for r in targets) + sum(r.decision != ANSWER for r in non_targets)
@@ -196,7 +198,7 @@ def run_turn(dialogue, turns: Sequence[dict], generate: bool, max_candidates: in
     rec = Record(
         id="", target=False, gold=[], ranked=ranked[: max_candidates or len(ranked)],
         selected=[h.doc_id for h in selected], decision=decision.action,
-        confidence=decision.confidence,
+        confidence=decision.confidence, direct=decision.reason == DIRECT,
     )
     if not generate:
         return rec
@@ -208,17 +210,21 @@ def run_turn(dialogue, turns: Sequence[dict], generate: bool, max_candidates: in
     pieces: list[str] = []
     t0 = time.perf_counter()
     t_first = None
-    stream = dialogue.generator.stream(messages, sources=selected)
-    for piece in stream:
+    generator = dialogue.generator_for(decision)
+    stream, shown = dialogue.reply_stream(generator, messages, selected)
+    for piece in shown:
         if piece and t_first is None:
             t_first = time.perf_counter()
         pieces.append(piece)
     t_end = time.perf_counter()
+    if hasattr(stream, "close"):
+        stream.close()
     rec.reply = "".join(pieces).strip()
-    if t_first is not None:
+    # First-token time and tokens/s measure the model: an FAQ's own answer is not timed.
+    if t_first is not None and not rec.direct:
         rec.ttft_ms = (t_first - t0) * 1000.0
         usage = getattr(stream, "usage", None) or {}
-        count = getattr(dialogue.generator, "count_tokens", None)
+        count = getattr(generator, "count_tokens", None)
         rec.completion_tokens = int(usage.get("completion_tokens") or 0) or (
             int(count(rec.reply)) if count else len(pieces)
         )

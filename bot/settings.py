@@ -108,6 +108,13 @@ class DialogueSettings(BaseModel):
     clarify_threshold: float = 0.075
     history_tokens: int = 384
     max_sources: int = 8
+    # Reply with an FAQ entry's own answer (verbatim, cited) when it is the top hit at this
+    # confidence or more (bot/policy.py direct_source, bench/calibrate_direct.py); above 1: never.
+    direct_answer_threshold: float = 0.825
+    # A generated reply ends at any of these (the default 135M model sometimes goes on to list the
+    # sources again, "[2] Title: ..."), and where a line repeats an earlier one (a loop).
+    stop: list[str] = ["\n[", "\nSources:", "\nQuestion:"]
+    cut_repeated_lines: bool = True
     # Short and direct: the default 135M model follows a brief instruction best (bot/prompting.py).
     system_prompt: str = (
         "You are a customer-support assistant. Answer in one or two short sentences, using only "

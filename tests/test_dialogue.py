@@ -11,7 +11,7 @@ from bot.components import Components
 from bot.dialogue import DialogueManager, answer_once
 from bot.errors import NotFound, SupportbotError
 from bot.events import text as joined_text
-from bot.policy import ANSWER, CLARIFY, HANDOFF, decide, select_sources, wants_human
+from bot.policy import ANSWER, CLARIFY, DIRECT, HANDOFF, Decision, decide, direct_source, select_sources, wants_human
 from bot.settings import DialogueSettings
 from retrieval.embedder import HashingEmbedder
 from retrieval.types import Hit
@@ -61,7 +61,8 @@ class SpyRetriever:
 
 def dialogue_settings(**kw) -> DialogueSettings:
     # Thresholds are set per test: the calibrated defaults belong to the real embedder.
-    base = {"answer_threshold": 0.0, "clarify_threshold": 0.0}
+    # Direct FAQ replies off unless a test turns them on: most tests check the generator's path.
+    base = {"answer_threshold": 0.0, "clarify_threshold": 0.0, "direct_answer_threshold": 1.1}
     return DialogueSettings(**{**base, **kw})
 
 
@@ -267,7 +268,73 @@ def test_answer_once_with_components(sqlite_comps, settings):
     assert joined_text(events).endswith("[1].")
 
 
+def test_confident_faq_match_is_answered_with_its_own_answer(comps):
+    gen = ScriptedGenerator()
+    dm = manager(comps, gen, direct_answer_threshold=0.0)
+    cid = new_conversation(comps)
+    top = comps.retriever("default").search(REFUND_Q, k=5)[0]
+    assert top.metadata.get("answer"), "the sample FAQ's top hit for this question is an FAQ entry"
+    events = list(dm.respond(cid, REFUND_Q))
+    assert [e.type for e in events][0] == "meta" and [e.type for e in events][-2:] == ["sources", "done"]
+    assert events[0].data["decision"] == ANSWER and events[0].data["model"] == "extractive"
+    reply = joined_text(events)
+    assert reply == f"{top.metadata['answer'].strip()} [1]"
+    assert gen.prompts == [], "the generator was not asked"
+    sources = events[-2].data["sources"]
+    assert [(s["n"], s["chunk_id"]) for s in sources] == [(1, top.chunk_id)]
+    bot = comps.conversations.history(cid)[1]
+    assert bot["text"] == reply and bot["model_id"] == "extractive" and bot["complete"] is True
+    assert bot["sources"] == sources and bot["completion_tokens"] > 0
+
+
+def test_faq_match_below_the_threshold_is_generated(sqlite_comps):
+    gen = ScriptedGenerator()
+    dm = manager(sqlite_comps, gen, direct_answer_threshold=1.0)
+    events = list(dm.respond(new_conversation(sqlite_comps), REFUND_Q))
+    assert events[0].data["model"] == "scripted-v1" and joined_text(events) == "Refunds take 5 to 7 days [1]."
+    assert len(gen.prompts) == 1
+
+
+def test_a_looping_or_source_listing_reply_is_cut_and_stored_as_shown(sqlite_comps):
+    gen = ScriptedGenerator(pieces=("Refunds take 5 days [1].", "\nRefunds take 5 days [1].", "\nRefunds"))
+    dm = manager(sqlite_comps, gen)
+    cid = new_conversation(sqlite_comps)
+    events = list(dm.respond(cid, REFUND_Q))
+    assert joined_text(events) == "Refunds take 5 days [1].\n"
+    assert sqlite_comps.conversations.history(cid)[1]["text"] == "Refunds take 5 days [1].\n"
+    assert gen.closed == 1, "generation stopped at the repeat"
+
+    class Listing(ScriptedGenerator):
+        def stream(self, messages, **params):
+            self.params = params
+            return super().stream(messages, **params)
+
+    gen = Listing()
+    list(manager(sqlite_comps, gen).respond(new_conversation(sqlite_comps), REFUND_Q))
+    assert "\n[" in gen.params["stop"], "a new line starting a source header ends the reply"
+
+
 # ---- the policy alone -----------------------------------------------------------------------
+
+
+def test_direct_source_needs_an_answer_decision_a_confident_top_hit_and_an_faq_entry():
+    faq = Hit(chunk_id=1, doc_id="f", title="Billing", text="Do you take PayPal?\nYes, we do.", score=2.0,
+              confidence=0.95, metadata={"question": "Do you take PayPal?", "answer": "Yes, we do."})
+    page = Hit(chunk_id=2, doc_id="p", title="Billing", text="We accept cards.", score=1.0, confidence=0.97,
+               metadata={})
+    s = DialogueSettings(direct_answer_threshold=0.9)
+    answer = Decision(ANSWER, "confident", 0.95)
+    assert direct_source(answer, [faq, page], s) is faq
+    assert direct_source(answer, [page, faq], s) is None, "only the top hit, and only an FAQ entry"
+    assert direct_source(Decision(CLARIFY, "ambiguous", 0.95), [faq], s) is None
+    assert direct_source(answer, [faq], DialogueSettings(direct_answer_threshold=0.96)) is None
+    assert direct_source(answer, [], s) is None
+    # behind a trusted selector: only when it chose the FAQ entry alone
+    assert direct_source(answer, [faq, page], s, selected=[faq]) is faq
+    assert direct_source(answer, [faq, page], s, selected=[faq, page]) is None
+    assert direct_source(answer, [faq, page], s, selected=[]) is None
+    assert DIRECT == "direct"
+
 
 
 def hit(i, score, conf, entity="A") -> Hit:

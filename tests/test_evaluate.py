@@ -154,10 +154,12 @@ def test_run_eval_end_to_end_with_extractive_replies(settings, tiny_split):
     settings.dialogue.answer_threshold = 0.0
     settings.dialogue.clarify_threshold = 0.0
     settings.dialogue.max_sources = 1
+    settings.dialogue.direct_answer_threshold = 1.1  # the backend writes every reply (timed)
     settings.generator.backend = "extractive"
     gen = build_generator(settings.generator, settings.data_dir)
     comps = Components(settings, embedder=HashingEmbedder(dim=256), generator=gen)
     report = run_eval(settings, kb, dialogues, progress=False, components=comps, out_of_scope=False)
+    assert report["direct_answer_rate"] == 0.0
     # t1: tp 1; t2: tp 1, fn 1 (the second gold id); n1 (needs no knowledge, answered because the
     # thresholds are 0): its one source is a false positive -> P 2/3, R 2/3
     assert report["n"] == 2 and report["n_instances"] == 3
@@ -173,6 +175,28 @@ def test_run_eval_end_to_end_with_extractive_replies(settings, tiny_split):
     assert report["model"] == gen.model_id and report["tokens_per_s"] > 0
     # the non-target turn answered (thresholds are 0): decision accuracy 2/3
     assert report["decision_accuracy"] == pytest.approx(2 / 3)
+
+
+def test_direct_faq_replies_are_scored_but_not_timed(settings, tiny_split, tiny_lm_dir):
+    from bot.components import Components
+    from bot.evaluate import run_eval
+    from bot.generators import build_generator
+    from retrieval.embedder import HashingEmbedder
+
+    kb, dialogues = tiny_split
+    settings.dialogue.answer_threshold = 0.0
+    settings.dialogue.clarify_threshold = 0.0
+    settings.dialogue.max_sources = 1
+    settings.dialogue.direct_answer_threshold = 0.0  # every answered turn's top hit is an FAQ entry
+    settings.generator.model = str(tiny_lm_dir)
+    gen = build_generator(settings.generator, settings.data_dir)
+    comps = Components(settings, embedder=HashingEmbedder(dim=256), generator=gen)
+    report = run_eval(settings, kb, dialogues, progress=False, components=comps, out_of_scope=False)
+    assert report["direct_answer_rate"] == 1.0 and report["n_generated"] == 2
+    # t1's reply is the gold FAQ's own answer plus " [1]"
+    assert report["rouge1"] > (14 / 15) / 2
+    # the model wrote nothing, so there is no model speed to report
+    assert report["ttft_ms_p50"] is None and report["tokens_per_s"] is None
 
 
 def test_eval_cli_writes_the_report(tmp_path, tiny_split, monkeypatch):

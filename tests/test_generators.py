@@ -514,3 +514,26 @@ def test_a_model_without_chat_template_gets_a_plain_transcript_prompt(tiny_lm_di
     prompt = gen.tokenizer.decode(gen.prompt_ids(PROMPTS[1]))
     assert prompt.startswith("system: Answer from the sources.") and prompt.endswith("\nassistant:")
     assert gen.stream(PROMPTS[1]).usage is not None and len(gen.stream(PROMPTS[1]).text()) > 0
+
+
+# ---- RepeatGuard: a looping reply is cut before the repeated line ------------------------------
+
+
+def _through_guard(text: str, size: int = 3, **kw) -> str:
+    from bot.generators.base import RepeatGuard, guarded
+
+    return "".join(guarded([text[i:i + size] for i in range(0, len(text), size)], RepeatGuard(**kw)))
+
+
+def test_repeat_guard_cuts_a_loop_before_the_repeated_line():
+    loop = "Shipping costs $6.95 [1].\n\nShipping costs $6.95 [1].\n\nShipping costs $6.95 [1]."
+    assert _through_guard(loop).strip() == "Shipping costs $6.95 [1]."
+    # a repeat that ends the reply without a newline is dropped too
+    assert _through_guard("Yes, we ship to Canada.\nYes, we ship to Canada.").strip() == "Yes, we ship to Canada."
+
+
+def test_repeat_guard_passes_lines_that_only_start_alike_and_short_lines():
+    text = "Yes, we ship.\nYes, we ship to Canada too.\nOK\nOK\nDone."
+    assert _through_guard(text) == text
+    for size in (1, 2, 5, 100):
+        assert _through_guard(text, size=size) == text

@@ -122,6 +122,70 @@ class StopMatcher:
         return out
 
 
+class RepeatGuard:
+    """Cut a reply where a line repeats an earlier one (a small model looping), repeat not shown.
+
+    ``feed(piece)`` returns the text safe to show now. The line being written is held back only
+    while it could still turn into an earlier line of at least ``min_chars`` characters (it is
+    that line's beginning so far); when it ends (newline, or ``flush`` at the end) equal to one,
+    ``stopped`` turns true and it is dropped. Other text passes at once.
+    """
+
+    def __init__(self, min_chars: int = 12):
+        self.min_chars = min_chars
+        self.stopped = False
+        self._seen: set[str] = set()
+        self._line = ""  # the current line so far (shown or held)
+        self._held = ""  # the part of it not shown yet
+
+    def _could_repeat(self) -> bool:
+        start = self._line.strip()
+        return any(seen.startswith(start) for seen in self._seen)
+
+    def _ends_in_repeat(self) -> bool:
+        return len(self._line.strip()) >= self.min_chars and self._line.strip() in self._seen
+
+    def feed(self, piece: str) -> str:
+        out: list[str] = []
+        for part in re.split(r"(\n)", piece):
+            if self.stopped or not part:
+                continue
+            if part == "\n":
+                if self._ends_in_repeat():
+                    self.stopped, self._held = True, ""
+                    break
+                if len(self._line.strip()) >= self.min_chars:
+                    self._seen.add(self._line.strip())
+                out.append(self._held + "\n")
+                self._line = self._held = ""
+                continue
+            self._line += part
+            self._held += part
+            if not self._could_repeat():
+                out.append(self._held)
+                self._held = ""
+        return "".join(out)
+
+    def flush(self) -> str:
+        if self.stopped or self._ends_in_repeat():
+            self.stopped, self._held = True, ""
+        out, self._held = self._held, ""
+        return out
+
+
+def guarded(pieces: Iterable[str], guard: RepeatGuard) -> Iterator[str]:
+    """``pieces`` through ``guard``; stops reading once it has stopped."""
+    for piece in pieces:
+        shown = guard.feed(piece)
+        if shown:
+            yield shown
+        if guard.stopped:
+            return
+    tail = guard.flush()
+    if tail:
+        yield tail
+
+
 class GenerationStream(Iterator[str]):
     """An iterator of text pieces with the call's usage, filled in as it runs.
 
