@@ -316,7 +316,8 @@ def run_eval(
             "backend": (backend or settings.generator.backend) if generate else None,
             "policy": settings.dialogue.model_dump(
                 include={"answer_threshold", "clarify_threshold", "candidates", "select_margin",
-                         "select_same_entity", "select_min_confidence", "max_sources", "selector"}
+                         "select_same_entity", "select_min_confidence", "max_sources", "selector",
+                         "direct_answer_threshold"}
             ),
             "kb_chunks": ingest.get("chunks"),
             "kb_cached": ingest.get("cached", False),

@@ -11,6 +11,7 @@ from bot.components import Components
 from bot.dialogue import DialogueManager, answer_once
 from bot.errors import NotFound, SupportbotError
 from bot.events import text as joined_text
+from bot.generators.extractive_generator import unwrap
 from bot.policy import ANSWER, CLARIFY, DIRECT, HANDOFF, Decision, decide, direct_source, select_sources, wants_human
 from bot.settings import DialogueSettings
 from retrieval.embedder import HashingEmbedder
@@ -278,7 +279,7 @@ def test_confident_faq_match_is_answered_with_its_own_answer(comps):
     assert [e.type for e in events][0] == "meta" and [e.type for e in events][-2:] == ["sources", "done"]
     assert events[0].data["decision"] == ANSWER and events[0].data["model"] == "extractive"
     reply = joined_text(events)
-    assert reply == f"{top.metadata['answer'].strip()} [1]"
+    assert reply == f"{unwrap(top.metadata['answer'].strip())} [1]"
     assert gen.prompts == [], "the generator was not asked"
     sources = events[-2].data["sources"]
     assert [(s["n"], s["chunk_id"]) for s in sources] == [(1, top.chunk_id)]

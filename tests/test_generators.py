@@ -477,6 +477,16 @@ def test_extractive_prefers_the_best_faq_source_and_reads_dict_sources():
     assert gen.stream(PROMPTS[0], sources=[passage.to_dict()]).text() == "Our warehouse ships from Lyon. [1]"
 
 
+def test_extractive_joins_a_help_pages_hard_wrapped_lines_but_keeps_lists_and_paragraphs():
+    answer = ("Standard shipping arrives in 3-5 days,\nExpedited in 2.\n\nTo return:\n- sign in\n"
+              "- open **Orders**\n1. print the label  \nthen ship it")
+    hits = [_hit(1, "How long does delivery take?\n" + answer, question="How long does delivery take?",
+                 answer=answer)]
+    assert ExtractiveGenerator().stream(PROMPTS[0], sources=hits).text() == (
+        "Standard shipping arrives in 3-5 days, Expedited in 2.\n\nTo return:\n- sign in\n"
+        "- open **Orders**\n1. print the label  \nthen ship it [1]")
+
+
 def test_extractive_says_it_does_not_know_without_sources_and_honours_limits():
     gen = ExtractiveGenerator()
     assert gen.stream(PROMPTS[0], sources=[]).text() == DONT_KNOW

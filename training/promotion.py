@@ -83,10 +83,14 @@ def promote(
         if eval_fn is None:
             from bot.evaluate import run_eval as eval_fn
         common = dict(limit=limit, progress=progress, components=components)
+        # The gate compares models: every answered turn is generated (direct FAQ replies, the same
+        # whichever model serves, would only dilute the difference).
+        gated = settings.model_copy(update={
+            "dialogue": settings.dialogue.model_copy(update={"direct_answer_threshold": 2.0})})
         # Promoted models are served by the hf backend (FollowingGenerator); the configured
         # generator is evaluated as configured.
-        result.candidate_metrics = eval_fn(settings, kb, dialogues, model=str(cand_path), backend="hf", **common)
-        result.serving_metrics = eval_fn(settings, kb, dialogues, model=serving_model,
+        result.candidate_metrics = eval_fn(gated, kb, dialogues, model=str(cand_path), backend="hf", **common)
+        result.serving_metrics = eval_fn(gated, kb, dialogues, model=serving_model,
                                          backend="hf" if serving_model else None, **common)
         result.reasons = compare(result.candidate_metrics, result.serving_metrics, tolerance)
     if result.reasons and not force:

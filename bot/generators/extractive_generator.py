@@ -4,11 +4,13 @@ The dialogue manager passes the retrieved sources (``Hit`` objects or their dict
 ``stream(messages, sources=[...])``. The reply is the answer of the highest-ranked FAQ source
 (``metadata["answer"]``; for an FAQ chunk without it, the text after its question line), or, when
 no source is an FAQ entry, the top source's text, followed by its citation ``[n]`` (``n`` = its
-position in ``sources``, so citations map back exactly as they do for generated replies). With
+position in ``sources``, so citations map back exactly as they do for generated replies); a help
+page's hard-wrapped lines are joined into paragraphs (``unwrap``). With
 no sources the reply is ``dont_know``. It streams in word pieces like a model would.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Iterator, Mapping, Sequence
 
 from bot.generators.base import (
@@ -44,6 +46,23 @@ def faq_answer(source: Any) -> str | None:
     return rest.strip() or None
 
 
+_LIST_ITEM = re.compile(r"\s*(?:[-*+]|\d{1,3}[.)])\s")
+
+
+def unwrap(text: str) -> str:
+    """Join a help page's hard-wrapped lines into their paragraphs, as markdown reads them (the
+    widget shows a newline as a line break); blank lines, list items and lines ending in two
+    spaces (a markdown line break) keep their breaks."""
+    out: list[str] = []
+    for line in text.split("\n"):
+        prev = out[-1] if out else ""
+        if prev.strip() and line.strip() and not _LIST_ITEM.match(line) and not prev.endswith("  "):
+            out[-1] = f"{prev.rstrip()} {line.lstrip()}"
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
 def extract_reply(sources: Sequence[Any], dont_know: str = DONT_KNOW) -> str:
     """The reply for ``sources`` (best first): an FAQ answer or the top passage, with ``[n]``."""
     if not sources:
@@ -51,7 +70,7 @@ def extract_reply(sources: Sequence[Any], dont_know: str = DONT_KNOW) -> str:
     for n, source in enumerate(sources, start=1):
         answer = faq_answer(source)
         if answer:
-            return f"{answer} [{n}]"
+            return f"{unwrap(answer)} [{n}]"
     text = str(_get(sources[0], "text") or "").strip()
     return f"{text} [1]" if text else dont_know
 
