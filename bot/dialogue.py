@@ -87,17 +87,17 @@ class DialogueManager:
         and asks back when it selects nothing. A hand-off (a request for a person, no hits, or a
         confidence below ``clarify_threshold``: out of scope) stays one; letting the selector
         override it answered 20 of the 60 out-of-scope questions."""
-        decision, selected = self._plan(message, hits)
-        # An FAQ entry that answers the question is replied verbatim (bot/policy.py direct_source).
         detects = getattr(self.selector, "detects", False)
+        decision, selected = self._plan(message, hits, detects)
+        # An FAQ entry that answers the question is replied verbatim (bot/policy.py direct_source).
         direct = direct_source(decision, hits, self.settings, selected if detects else None)
         if direct is not None:
             return Decision(ANSWER, DIRECT, decision.confidence), [direct]
         return decision, selected
 
-    def _plan(self, message: str, hits: Sequence[Hit]) -> tuple[Decision, list[Hit]]:
+    def _plan(self, message: str, hits: Sequence[Hit], detects: bool) -> tuple[Decision, list[Hit]]:
         decision = decide(message, hits, self.settings)
-        if not getattr(self.selector, "detects", False) or decision.action == HANDOFF:
+        if not detects or decision.action == HANDOFF:
             return decision, self.select(message, hits) if decision.action == ANSWER else []
         selected = self.select(message, hits)
         if selected and decision.action == CLARIFY:
@@ -230,8 +230,6 @@ class DialogueManager:
                 pieces.append(piece)
                 yield Event("token", {"text": piece})
             finished = True
-            if hasattr(stream, "close"):
-                stream.close()  # a reply cut by the repeat guard: stop generating
         except Exception as exc:  # stored as incomplete; the stream ends with an error event
             log.exception("generation failed for message %s", msg_id)
             self._store_partial(msg_id, pieces, ttft, t0)

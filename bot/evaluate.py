@@ -217,8 +217,6 @@ def run_turn(dialogue, turns: Sequence[dict], generate: bool, max_candidates: in
             t_first = time.perf_counter()
         pieces.append(piece)
     t_end = time.perf_counter()
-    if hasattr(stream, "close"):
-        stream.close()
     rec.reply = "".join(pieces).strip()
     # First-token time and tokens/s measure the model: an FAQ's own answer is not timed.
     if t_first is not None and not rec.direct:

@@ -337,7 +337,6 @@ def test_direct_source_needs_an_answer_decision_a_confident_top_hit_and_an_faq_e
     assert DIRECT == "direct"
 
 
-
 def hit(i, score, conf, entity="A") -> Hit:
     return Hit(chunk_id=i, doc_id=f"d{i}", title=entity, text=f"t{i}", score=score, confidence=conf,
                metadata={"entity_name": entity})

@@ -174,12 +174,16 @@ class RepeatGuard:
 
 
 def guarded(pieces: Iterable[str], guard: RepeatGuard) -> Iterator[str]:
-    """``pieces`` through ``guard``; stops reading once it has stopped."""
+    """``pieces`` through ``guard``; once it has stopped, ``pieces`` is closed (a backend's stream
+    stops generating) and nothing more is read."""
     for piece in pieces:
         shown = guard.feed(piece)
         if shown:
             yield shown
         if guard.stopped:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
             return
     tail = guard.flush()
     if tail:
