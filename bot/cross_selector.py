@@ -40,6 +40,7 @@ from typing import Sequence
 import numpy as np
 
 from bot.errors import ConfigError
+from bot.policy import entity_name, entity_of
 from retrieval.embedder import torch_threads
 from retrieval.types import Hit
 
@@ -49,18 +50,13 @@ PAIR_VERSION = 1
 BUNDLED_CROSS = {"dstc11-cross": Path(__file__).with_name("selectors") / "dstc11-minilm-cross"}
 
 
-def entity_of(hit: Hit) -> str:
-    meta = hit.metadata or {}
-    return str(meta.get("entity_name") or hit.title or hit.doc_id).strip()
-
-
 def pool(hits: Sequence[Hit], k: int, entities: int) -> list[tuple[int, int]]:
     """(index in ``hits``, entity rank) of the candidates: the first ``k`` hits about the first
     ``entities`` distinct entities, in the retriever's order."""
     ranks: dict[str, int] = {}
     out: list[tuple[int, int]] = []
     for i, h in enumerate(hits[:k]):
-        e = entity_of(h).lower()
+        e = entity_of(h)
         if e not in ranks:
             if len(ranks) >= entities:
                 continue
@@ -72,7 +68,7 @@ def pool(hits: Sequence[Hit], k: int, entities: int) -> list[tuple[int, int]]:
 def pair_text(hit: Hit, entity_rank: int) -> str:
     """The passage side of a pair (see the module docstring); training and serving share it."""
     kind = (hit.metadata or {}).get("doc_type") or "passage"
-    return f"entity {entity_rank + 1}: {entity_of(hit)} | {kind} | {hit.text}"
+    return f"entity {entity_rank + 1}: {entity_name(hit)} | {kind} | {hit.text}"
 
 
 def base_model_dir(base: str) -> Path:

@@ -93,10 +93,15 @@ def decide(message: str, hits: Sequence[Hit], settings: DialogueSettings) -> Dec
     return Decision(HANDOFF, "low_confidence", c)
 
 
-def entity_of(hit: Hit) -> str:
-    """The entity a passage is about: ``metadata.entity_name`` or else the document title."""
+def entity_name(hit: Hit) -> str:
+    """The entity a passage is about, as written: ``metadata.entity_name``, else the title."""
     meta = hit.metadata or {}
-    return str(meta.get("entity_name") or hit.title or hit.doc_id).strip().lower()
+    return str(meta.get("entity_name") or hit.title or hit.doc_id).strip()
+
+
+def entity_of(hit: Hit) -> str:
+    """``entity_name`` lowercased, for comparing entities."""
+    return entity_name(hit).lower()
 
 
 def select_sources(hits: Sequence[Hit], settings: DialogueSettings) -> list[Hit]:
