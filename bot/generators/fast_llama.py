@@ -22,6 +22,8 @@ greedy output matches ``model.generate()`` (tested), with
   step whose logits come out non-finite (a half-precision overflow) is redone in the model's dtype.
   Measured on SmolLM2-135M, 2 CPU cores: 35 ms per step against 65 ms, perplexity 4.085 against
   4.084 on 187 teacher-forced tokens of knowledge-base text, same argmax on all of them;
+* optionally (``int8``, set by the ``hf`` backend on x86 CPUs), prompt chunks of 16+ tokens in
+  int8 matrix products: see ``int8_prefill``;
 * decode steps on ``decode_threads`` torch threads (the prompt's prefill on all of them). A step
   is ~200 small kernels; with two threads each one wakes the other OpenMP worker. When more than
   one thread of the process runs torch (a web server's request threads embed queries), libgomp
@@ -111,6 +113,7 @@ class FastLlama:
         self._prefixes: list[tuple[tuple[int, ...], torch.Tensor, torch.Tensor]] = []
         self._prefix_lock = threading.Lock()
         self.reused_tokens = 0  # prompt tokens taken from the prefix cache by the last prefill
+        self.int8 = None  # an int8_prefill.Int8Prefill: prompt chunks in int8 matrix products
 
     @torch.inference_mode()
     def _half_weights(self, dtype: torch.dtype) -> list[tuple[torch.Tensor, ...]]:
@@ -192,6 +195,8 @@ class FastLlama:
     def forward(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Feed ``ids`` (T,) at positions ``cache.length ...``; return the last position's logits (V,)."""
         if ids.shape[0] > 1:
+            if self.int8 is not None and ids.shape[0] >= self.int8.min_tokens:
+                return self.int8.run(ids, cache)
             return self._run(ids, cache, half=False)
         with torch_threads(self.decode_threads if self.device.type == "cpu" else 0):
             if self._half is not None:

@@ -80,6 +80,32 @@ def resolve_decode_dtype(decode_dtype: str, device: str, dtype):
     return None if value == dtype else value
 
 
+def resolve_prefill(prefill: str, device: str, dtype, runner) -> bool:
+    """Whether the prompt's prefill runs in int8 (``int8_prefill``).
+
+    ``auto``: on x86 CPUs with oneDNN, for a float32 model on the lean forward whose decode steps
+    already use half-precision weights (the CPU default; ``decode_dtype = "model"`` keeps every
+    step exact). ``model``: never. ``int8``: always, or an error where it cannot run.
+    """
+    import torch
+
+    from bot.generators import int8_prefill
+    from bot.generators.fast_llama import FastLlama
+
+    if prefill not in ("", "auto", "model", "int8"):
+        raise GeneratorError(f"generator.prefill={prefill!r}: use auto, model or int8")
+    if prefill in ("", "model"):
+        return False
+    possible = (device == "cpu" and dtype == torch.float32 and isinstance(runner, FastLlama)
+                and int8_prefill.available())
+    if prefill == "int8" and not possible:
+        raise GeneratorError(
+            "generator.prefill='int8' needs a float32 Llama-family model on an x86 CPU whose "
+            "PyTorch has the oneDNN quantized engine; use prefill = 'auto' or 'model'"
+        )
+    return possible and (prefill == "int8" or runner.decode_dtype is not None)
+
+
 class HFGenerator(UsageMixin):
     """Causal LM generator. ``model``: a local folder, a hub id, or ``default`` (needs ``data_dir``)."""
 
@@ -98,6 +124,7 @@ class HFGenerator(UsageMixin):
         fast: bool = True,
         decode_dtype: str = "auto",
         decode_threads: int = 1,
+        prefill: str = "auto",
     ):
         self.model_name = str(model)
         self.model_id = DEFAULT_MODEL_ID if self.model_name == "default" else self.model_name
@@ -113,6 +140,7 @@ class HFGenerator(UsageMixin):
         self.fast = fast  # the lean Llama-family forward where it applies (see fast_llama)
         self.decode_dtype_setting = decode_dtype
         self.decode_threads = decode_threads
+        self.prefill_setting = prefill
         self.tokenizer = None
         self.runner = None
         self.model = None
@@ -171,6 +199,8 @@ class HFGenerator(UsageMixin):
             model = model.to(device).eval()
             decode_dtype = resolve_decode_dtype(self.decode_dtype_setting, device, dtype)
             self.runner = make_runner(model, self.fast, decode_dtype, self.decode_threads)
+            if resolve_prefill(self.prefill_setting, device, dtype, self.runner):
+                self._calibrate_int8()
             self._model_thread = ModelThread()
             self._warm_up(model)
             self.model = model
@@ -178,6 +208,16 @@ class HFGenerator(UsageMixin):
             self.eos_ids = self._find_eos_ids()
             self._max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         return self
+
+    def _calibrate_int8(self) -> None:
+        """Int8 prefill (``int8_prefill``), calibrated on one float32 prefill of a built-in
+        grounded support prompt (~1 s, at load)."""
+        from bot.generators.int8_prefill import CALIBRATION_QUESTION, CALIBRATION_SOURCES, Int8Prefill
+        from bot.prompting import build_messages
+        from bot.settings import DialogueSettings
+
+        messages = build_messages(CALIBRATION_QUESTION, CALIBRATION_SOURCES, [], DialogueSettings().system_prompt)
+        self.runner.int8 = Int8Prefill.calibrate(self.runner, [self.prompt_ids(messages)])
 
     def _warm_up(self, model) -> None:
         """One short prefill and two steps on the model's thread, so that the first visitor does
