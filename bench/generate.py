@@ -15,10 +15,16 @@ processes hits them alike.
   holding the previous visitor's prompt (so it reuses the shared system prompt). First-token time
   is when the first text piece arrives.
 * ``hf_backend_cold``: the same with the prefix cache emptied first (a bot's very first question).
+  On x86 CPUs the shipped backend prefills in int8 (``int8_prefill``, ``generator.prefill = auto``).
+* ``hf_float32_prefill``: the shipped backend with the prompt's prefill in float32
+  (``generator.prefill = "model"``), float16 decode weights, prefix cache as ``hf_backend``.
 * ``hf_exact``: the lean forward in the model's own dtype, no prefix cache: token for token what
   ``generate()`` gives (``generator.decode_dtype = "model"``).
 * ``hf_forward_loop``: the same loop through the model's own transformers forward.
 * decode tokens/s = (new tokens - 1) / (time of last token - time of first token).
+* ``prefill_quality``: what the int8 prefill costs, teacher-forced over the measured prompts'
+  tokens: perplexity of the model's own float32 forward against the int8 prefill's, and the share
+  of positions where both predict the same next token.
 * each figure also in CPU seconds of this process (``cpu_*``): on a machine shared with other
   work, wall time mostly measures the neighbours; CPU time measures the work done (with more than
   one thread it includes the threads' short spins).
@@ -204,6 +210,32 @@ def agreement(reference: list[int], mine: list[int]) -> dict:
             "same_positions": round(same / max(len(reference), 1), 3)}
 
 
+def prefill_quality(gen, prompts: list[list[dict]]) -> dict:
+    """Teacher-forced perplexity over the prompts' own tokens: the model's float32 forward against
+    the int8 prefill (its hidden states through the same final norm and LM head)."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    runner = gen.runner
+    nll = {"float32": 0.0, "int8": 0.0}
+    same = count = 0
+    with torch.inference_mode():
+        for messages in prompts:
+            ids = torch.tensor(gen.prompt_ids(messages), device=gen.device)
+            exact = gen.model(ids.unsqueeze(0)).logits[0].float()
+            h = runner.int8.hidden(ids, runner.new_cache(len(ids)))
+            int8 = runner.lm_head(runner._rms_norm(h, runner.norm_w, runner.norm_eps)).float()
+            nll["float32"] += F.cross_entropy(exact[:-1], ids[1:], reduction="sum").item()
+            nll["int8"] += F.cross_entropy(int8[:-1], ids[1:], reduction="sum").item()
+            same += int((exact.argmax(-1) == int8.argmax(-1)).sum())
+            count += len(ids) - 1
+    return {"tokens": count, "perplexity_float32": round(math.exp(nll["float32"] / count), 3),
+            "perplexity_int8": round(math.exp(nll["int8"] / count), 3),
+            "same_next_token": round(same / (count + len(prompts)), 3)}
+
+
 def bench_config(model_dir: str, device: str, dtype: str, threads: int, sources, args) -> dict:
     import torch
 
@@ -216,6 +248,9 @@ def bench_config(model_dir: str, device: str, dtype: str, threads: int, sources,
     gen = HFGenerator(model_dir, device=device, dtype=dtype).load()
     shipped = gen.runner
     paths = {"hf_backend": shipped, "hf_backend_cold": shipped}
+    if getattr(shipped, "int8", None) is not None:
+        paths["hf_float32_prefill"] = FastLlama(gen.model, decode_dtype=shipped.decode_dtype,
+                                                decode_threads=shipped.decode_threads)
     if isinstance(shipped, FastLlama):
         # The same lean forward in the model's own dtype with no prefix cache: token for token
         # what generate() gives.
@@ -239,7 +274,7 @@ def bench_config(model_dir: str, device: str, dtype: str, threads: int, sources,
                 reused.append(getattr(runner, "reused_tokens", 0))
                 # The next prompt finds this one in the prefix cache (shared system prompt only).
     greedy = {}
-    for name in ("hf_backend", "hf_exact", "hf_forward_loop"):
+    for name in ("hf_backend", "hf_float32_prefill", "hf_exact", "hf_forward_loop"):
         if name in paths:
             checks = []
             for messages in prompts:
@@ -250,6 +285,7 @@ def bench_config(model_dir: str, device: str, dtype: str, threads: int, sources,
                 "same_positions": round(statistics.mean(c["same_positions"] for c in checks), 3),
                 "first_divergences": [c["first_divergence"] for c in checks],
             }
+    quality = prefill_quality(gen, prompts) if getattr(shipped, "int8", None) is not None else None
     keys = ("ttft_ms", "decode_tok_s", "cpu_ttft_ms", "cpu_decode_tok_s")
     med = {name: {k: median_of(r, k) for k in keys} for name, r in runs.items()}
     base = med["baseline_generate"]
@@ -269,6 +305,8 @@ def bench_config(model_dir: str, device: str, dtype: str, threads: int, sources,
         "prefix_cache_reused_tokens": reused, "new_tokens": args.new_tokens, **med,
         "vs_generate": {name: ratios(name) for name in paths},
         "greedy_vs_generate": greedy,
+        "int8_prefill": getattr(shipped, "int8", None) is not None,
+        "prefill_quality": quality,
         "runs": runs,
     }
     summary = {k: v for k, v in result.items() if k != "runs"}
@@ -323,8 +361,8 @@ def main(argv: list[str] | None = None) -> None:
     cpu = [r for r in results if r["device"] == "cpu"]
     best = max(cpu, key=lambda r: r["hf_backend"]["decode_tok_s"]) if cpu else None
     best_keys = ("dtype", "decode_dtype", "threads", "prompt_tokens", "prefix_cache_reused_tokens",
-                 "baseline_generate", "hf_backend", "hf_backend_cold", "hf_exact", "vs_generate",
-                 "greedy_vs_generate")
+                 "baseline_generate", "hf_backend", "hf_backend_cold", "hf_float32_prefill", "hf_exact",
+                 "vs_generate", "greedy_vs_generate", "int8_prefill", "prefill_quality")
     print(json.dumps({
         "model": model_dir,
         "machine": {"cpus": os.cpu_count(), "torch": torch.__version__,

@@ -214,12 +214,14 @@ class Int8Prefill:
                 hook.remove()
         return cls(runner, amax, **kw)
 
+    @torch.inference_mode()
     def run(self, ids: torch.Tensor, cache) -> torch.Tensor:
         """Feed ``ids`` (T,) at positions ``cache.length ...``; the last position's logits (V,)."""
         r = self.runner
         last = r._rms_norm(self.hidden(ids, cache)[-1:], r.norm_w, r.norm_eps)
         return r.lm_head(last)[-1].float()
 
+    @torch.inference_mode()
     def hidden(self, ids: torch.Tensor, cache) -> torch.Tensor:
         """The layers over ``ids`` (T,), keys/values written to ``cache``: the last hidden states
         (T, C) before the final norm."""
