@@ -6,7 +6,8 @@ when present, else the CPU in float32, or bfloat16 where oneDNN has native bfloa
 (AVX512-BF16/AMX); on AVX2-only CPUs bfloat16 matmuls are emulated and slower (see
 ``bench/generate.py``). Decoding runs ``decoding.decode_tokens`` (a preallocated KV cache and one
 forward per token in the caller's thread; the lean ``fast_llama`` forward for Llama-family
-models), not ``generate()``.
+models), not ``generate()``. On x86 CPUs the prompt's prefill runs in int8 matrix products
+(``int8_prefill``, calibrated at load; ``prefill = "model"`` turns it off).
 
 Thread safety: one instance serves many threads. Each ``stream`` call owns its cache and sampler;
 every decoding step runs on the generator's one model thread (``decoding.ModelThread``: one

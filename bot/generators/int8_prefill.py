@@ -3,7 +3,7 @@
 A grounded prompt of 512 tokens is a real matrix product per projection, compute-bound: in
 float32 on 2 AVX2 cores the GEMMs run near the CPUs' peak and the prefill takes ~1.3 s. The
 same products in int8 (oneDNN's u8 x s8 kernels through PyTorch's dynamic quantized linear:
-activations quantized per call, weights per output channel) run ~1.5-2x faster. What it takes to
+activations quantized per call, weights per output channel) run 1.4-2.4x faster. What it takes to
 keep the model's quality:
 
 * **SmoothQuant** (Xiao et al., 2023): a few input channels of q/k/v and gate/up carry values far
@@ -14,20 +14,24 @@ keep the model's quality:
   ``silu(gate) * up``), so it costs nothing at run time. ``amax`` comes from one float32
   calibration prefill at load (``calibrate``).
 * **Outlier tokens in float32**: the first token of a prompt (the attention sink) reaches ~3,000
-  at down_proj's input in some layers of SmolLM2, against a median of ~1. Rows of down's input
-  whose largest value exceeds ``outlier`` times the median row's go through the model's float32
-  weight instead (one or two rows), the rest through int8.
+  at down_proj's input in some layers of SmolLM2, against a median row peak of ~1. Rows of down's
+  input whose largest value exceeds ``outlier`` (4) times the median row's go through the model's
+  float32 weight instead (a few rows), the rest through int8.
 * o_proj's input is not smoothed (its channels are even; smoothing it measured no better).
+* Causal attention in two query blocks (``causal_attention``): PyTorch's CPU flash kernel takes up
+  to 512 keys in one block and so also computes the masked half of the causal square.
 
 The keys/values the prefill writes to the cache, and every decode step after it, are unchanged
 in kind (float32 cache; float16 decode weights by default). Only prefills of at least
 ``min_tokens`` tokens go through here (a median over two rows means nothing); shorter ones, and
 single-token steps, take ``fast_llama``'s own path.
 
-Measured on SmolLM2-135M, 2 AVX2 cores, 6 grounded 512-token DSTC11 prompts (calibrated on the
-built-in support prompt below, not on them): teacher-forced perplexity over the prompts 6.63
-against 6.50 in float32, same argmax at 94% of positions; prefill ~0.8-0.95 s against ~1.25-1.3 s
-(``bench/generate.py`` has the end-to-end figures).
+Measured on SmolLM2-135M, 2 AVX2 cores (``bench/generate.py``, three 512-token DSTC11 prompts,
+calibrated on the built-in support prompt below, not on them): teacher-forced perplexity over the
+prompts 6.345 against 6.308 in float32, same next token at 93.6% of positions; first token 1.02 s
+against 1.28 s with the float32 prefill. alpha 0.65 and outlier 4 were chosen on five DSTC11 and
+five sample-FAQ prompts (alpha 0.5-0.9, outlier 2.5-10): perplexity +0.2% / +2.4% there; plain
+dynamic int8 without either gave 16.1 against 6.5.
 
 PyTorch marks its quantized-tensor API deprecated (``torch.quantize_per_channel``): it is there in
 the pinned torch; ``available()`` says False where the oneDNN engine is missing (non-x86 CPUs),
@@ -35,6 +39,7 @@ and the generator then prefills in the model's dtype.
 """
 from __future__ import annotations
 
+import itertools
 import platform
 import threading
 import warnings
@@ -75,12 +80,13 @@ def available() -> bool:
     """True where PyTorch has oneDNN's quantized engine on an x86 CPU with AVX2 or better."""
     if platform.machine().lower() not in ("x86_64", "amd64", "x86", "i686"):
         return False
-    if "onednn" not in torch.backends.quantized.supported_engines:
+    if ENGINE not in torch.backends.quantized.supported_engines:
         return False
     return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "NO AVX")
 
 
 _ENGINE_LOCK = threading.Lock()
+ENGINE = "onednn"  # PyTorch's quantized engine the weights are packed for (see available())
 
 
 def _pack(weight: torch.Tensor, column_scale: torch.Tensor | None = None):
@@ -94,7 +100,7 @@ def _pack(weight: torch.Tensor, column_scale: torch.Tensor | None = None):
         warnings.simplefilter("ignore")  # the quantized-tensor API's deprecation notice
         q = torch.quantize_per_channel(w, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
         before = torch.backends.quantized.engine
-        torch.backends.quantized.engine = "onednn"  # the packed weight keeps its engine
+        torch.backends.quantized.engine = ENGINE  # the packed weight keeps its engine
         try:
             return torch.ops.quantized.linear_prepack(q, None)
         finally:
@@ -125,7 +131,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: i
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
     bounds = [t * j // chunks for j in range(chunks + 1)]
     out = []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
+    for lo, hi in itertools.pairwise(bounds):
         a, b = start + lo, start + hi
         o, lse = _FLASH(q[:, :, lo:hi], k[:, :, a:b], v[:, :, a:b], 0.0, True, scale=scale)
         if a > 0:
@@ -182,7 +188,7 @@ class Int8Prefill:
                 ))
 
     @classmethod
-    def calibrate(cls, runner, prompts: list[list[int]], **kw) -> "Int8Prefill":
+    def calibrate(cls, runner, prompts: list[list[int]], **kw) -> Int8Prefill:
         """Per input channel, the largest |activation| of each projection over float32 prefills of
         ``prompts`` (down's outlier rows left out, as ``run`` keeps them in float32)."""
         outlier = kw.get("outlier", 4.0)
