@@ -145,3 +145,17 @@ def test_the_generator_setting(tiny_lm_dir):
         HFGenerator(tiny_lm_dir, device="cpu", dtype="bfloat16", prefill="int8").load()
     with pytest.raises(GeneratorError, match="use auto, model or int8"):
         HFGenerator(tiny_lm_dir, device="cpu", dtype="float32", prefill="fp8").load()
+
+
+@needs_int8
+def test_the_last_layer_runs_for_the_last_position_only(gen, int8):
+    ids = torch.tensor(gen.prompt_ids(PROMPT))
+    runner = int8.runner
+    full_cache, last_cache = runner.new_cache(len(ids)), runner.new_cache(len(ids))
+    full = int8.hidden(ids, full_cache)  # every position through every layer
+    last = int8.hidden(ids, last_cache, last_only=True)
+    assert full.shape == (len(ids), full.shape[-1]) and last.shape == (1, full.shape[-1])
+    assert full_cache.length == last_cache.length == len(ids)
+    assert torch.equal(full_cache.k, last_cache.k) and torch.equal(full_cache.v, last_cache.v)
+    # The last layer's last row in the model's dtype instead of int8: close, not equal.
+    assert 0 < relative_error(last[0], full[-1]) < 0.1
