@@ -249,8 +249,9 @@ def bench_config(model_dir: str, device: str, dtype: str, threads: int, sources,
         torch.set_num_threads(threads)
     gen = HFGenerator(model_dir, device=device, dtype=dtype).load()
     shipped = gen.runner
+    int8 = getattr(shipped, "int8", None) is not None  # prompts prefilled in int8 (int8_prefill)
     paths = {"hf_backend": shipped, "hf_backend_cold": shipped}
-    if getattr(shipped, "int8", None) is not None:
+    if int8:
         paths["hf_float32_prefill"] = FastLlama(gen.model, decode_dtype=shipped.decode_dtype,
                                                 decode_threads=shipped.decode_threads)
     if isinstance(shipped, FastLlama):
@@ -293,7 +294,7 @@ def bench_config(model_dir: str, device: str, dtype: str, threads: int, sources,
                 "same_positions": round(statistics.mean(c["same_positions"] for c in checks), 3),
                 "first_divergences": [c["first_divergence"] for c in checks],
             }
-    quality = prefill_quality(gen, prompts) if getattr(shipped, "int8", None) is not None else None
+    quality = prefill_quality(gen, prompts) if int8 else None
     keys = ("ttft_ms", "decode_tok_s", "cpu_ttft_ms", "cpu_decode_tok_s")
     med = {name: {k: median_of(r, k) for k in keys} for name, r in runs.items()}
     base = med["baseline_generate"]
@@ -313,7 +314,7 @@ def bench_config(model_dir: str, device: str, dtype: str, threads: int, sources,
         "prefix_cache_reused_tokens": reused, "new_tokens": args.new_tokens, **med,
         "vs_generate": {name: ratios(name) for name in paths},
         "greedy_vs_generate": greedy,
-        "int8_prefill": getattr(shipped, "int8", None) is not None,
+        "int8_prefill": int8,
         "prefill_quality": quality,
         "runs": runs,
     }

@@ -31,9 +31,9 @@ single-token steps, take ``fast_llama``'s own path.
 Measured on SmolLM2-135M, 2 AVX2 cores (``bench/generate.py``, three 512-token DSTC11 prompts,
 calibrated on the built-in support prompt below, not on them): teacher-forced perplexity over the
 prompts 6.345 against 6.308 in float32, same next token at 93.6% of positions; first token 0.87 s
-against 1.14 s with the float32 prefill (1.39 s for ``generate()``). alpha 0.65 and outlier 4 were chosen on five DSTC11 and
-five sample-FAQ prompts (alpha 0.5-0.9, outlier 2.5-10): perplexity +0.2% / +2.4% there; plain
-dynamic int8 without either gave 16.1 against 6.5.
+against 1.14 s with the float32 prefill (1.39 s for ``generate()``). ``ALPHA`` 0.65 and
+``OUTLIER`` 4 were chosen on five DSTC11 and five sample-FAQ prompts (alpha 0.5-0.9, outlier
+2.5-10): perplexity +0.2% / +2.4% there; plain dynamic int8 without either gave 16.1 against 6.5.
 
 PyTorch marks its quantized-tensor API deprecated (``torch.quantize_per_channel``): it is there in
 the pinned torch; ``available()`` says False where the oneDNN engine is missing (non-x86 CPUs),
@@ -89,6 +89,8 @@ def available() -> bool:
 
 _ENGINE_LOCK = threading.Lock()
 ENGINE = "onednn"  # PyTorch's quantized engine the weights are packed for (see available())
+ALPHA = 0.65  # smoothing strength (module docstring)
+OUTLIER = 4.0  # down_proj rows above this x the median row's peak run in float32
 
 
 def _pack(weight: torch.Tensor, column_scale: torch.Tensor | None = None):
@@ -166,9 +168,9 @@ class _Layer:
 class Int8Prefill:
     """Int8 prefill over a ``fast_llama.FastLlama``'s model; ``run(ids, cache)`` as its forward."""
 
-    def __init__(self, runner, act_amax: dict[tuple[int, str], torch.Tensor], alpha: float = 0.65,
-                 outlier: float = 4.0, min_tokens: int = 16):
-        self.runner, self.alpha, self.outlier, self.min_tokens = runner, alpha, outlier, min_tokens
+    def __init__(self, runner, act_amax: dict[tuple[int, str], torch.Tensor], alpha: float = ALPHA,
+                 outlier: float = OUTLIER, min_tokens: int = 16):
+        self.runner, self.outlier, self.min_tokens = runner, outlier, min_tokens
         self.layers: list[_Layer] = []
         with torch.inference_mode():
             for i, layer in enumerate(runner.layers):
@@ -190,10 +192,10 @@ class Int8Prefill:
                 ))
 
     @classmethod
-    def calibrate(cls, runner, prompts: list[list[int]], **kw) -> Int8Prefill:
+    def calibrate(cls, runner, prompts: list[list[int]], alpha: float = ALPHA,
+                  outlier: float = OUTLIER, min_tokens: int = 16) -> Int8Prefill:
         """Per input channel, the largest |activation| of each projection over float32 prefills of
         ``prompts`` (down's outlier rows left out, as ``run`` keeps them in float32)."""
-        outlier = kw.get("outlier", 4.0)
         amax: dict[tuple[int, str], torch.Tensor] = {}
 
         def record(key, x: torch.Tensor, drop_outliers: bool = False):
@@ -220,7 +222,7 @@ class Int8Prefill:
         finally:
             for hook in hooks:
                 hook.remove()
-        return cls(runner, amax, **kw)
+        return cls(runner, amax, alpha=alpha, outlier=outlier, min_tokens=min_tokens)
 
     @torch.inference_mode()
     def run(self, ids: torch.Tensor, cache) -> torch.Tensor:
