@@ -35,7 +35,7 @@ from tqdm import tqdm  # noqa: E402
 
 from bot.evaluate import load_dialogues  # noqa: E402
 from bot.policy import ANSWER, decide, direct_source  # noqa: E402
-from bot.settings import Settings  # noqa: E402
+from bot.core.settings import Settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 GRID = [round(0.5 + 0.025 * i, 3) for i in range(20)]  # 0.5 ... 0.975

@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 
 from bot.evaluate import load_dialogues, out_of_scope_questions, selection_counts  # noqa: E402
 from bot.policy import ANSWER, CLARIFY, HANDOFF, decide, select_sources  # noqa: E402
-from bot.settings import DialogueSettings, Settings  # noqa: E402
+from bot.core.settings import DialogueSettings, Settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 # Sample-FAQ questions in the visitor's words (not the FAQ's own wording).

@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.settings import Settings  # noqa: E402
+from bot.core.settings import Settings  # noqa: E402
 from training.finetune import finetune, resolve_base  # noqa: E402
 from training.importers import import_transcripts  # noqa: E402
 from training.pii import PIIScrubber  # noqa: E402

@@ -84,7 +84,7 @@ def grounded_prompt(gen, sources: list[dict], n_tokens: int, question: str = QUE
     Sources are taken in order and cut at a character budget, found by bisection.
     """
     from bot.prompting import build_messages
-    from bot.settings import DialogueSettings
+    from bot.core.settings import DialogueSettings
 
     system = DialogueSettings().system_prompt
 
@@ -344,9 +344,9 @@ def main(argv: list[str] | None = None) -> None:
     model_dir = args.model
     t0 = time.perf_counter()
     if model_dir == "default":
-        from bot.generators.default_model import default_model_dir
+        from bot.generators.default_model import default_generator_dir
 
-        model_dir = str(default_model_dir(Path(args.data_dir)))
+        model_dir = str(default_generator_dir(Path(args.data_dir)))
     prepare_s = time.perf_counter() - t0
     kb = Path(args.kb)
     sources = kb_sources(kb if kb.is_file() else ROOT / "samples" / "faq" / "faq.csv")

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import faiss  # noqa: E402
 
-from bot.settings import IndexSettings  # noqa: E402
+from bot.core.settings import IndexSettings  # noqa: E402
 from retrieval.faiss_index import FaissIndex  # noqa: E402
 
 MACHINE = "2-core CPU, shared with other jobs: absolute times are noisy, compare ratios"

@@ -32,7 +32,7 @@ import bm25s  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bot.settings import Settings  # noqa: E402
+from bot.core.settings import Settings  # noqa: E402
 from retrieval.bm25_index import BM25Index  # noqa: E402
 from retrieval.embedder import build_embedder  # noqa: E402
 from retrieval.evaluate import prepare_kb, read_dialogues  # noqa: E402

@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--bot", default="sample-faq-check")
     args = ap.parse_args()
     from bot.components import Components
-    from bot.settings import load_settings
+    from bot.core.settings import load_settings
     from web.demo import prepare_demo
 
     settings = load_settings(data_dir=args.data_dir)

@@ -55,7 +55,7 @@ from tqdm import tqdm  # noqa: E402
 
 from bot.cross_selector import DETECTOR, META, PAIR_VERSION, CrossSelector, base_model_dir, pair_text, pool  # noqa: E402
 from bot.evaluate import _prf, load_dialogues, selection_counts  # noqa: E402
-from bot.settings import Settings  # noqa: E402
+from bot.core.settings import Settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

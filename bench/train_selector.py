@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from bot.evaluate import load_dialogues, selection_counts  # noqa: E402
 from bot.policy import select_sources  # noqa: E402
 from bot.selector import FEATURE_VERSION, features  # noqa: E402
-from bot.settings import Settings  # noqa: E402
+from bot.core.settings import Settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,7 +41,7 @@ def chunk_vectors(db) -> dict[int, np.ndarray]:
     """The stored (normalised) embedding of every chunk: no re-embedding of passages."""
     from sqlalchemy import select
 
-    from bot.store.models import Chunk
+    from bot.core.store.models import Chunk
 
     with db.session() as s:
         return {cid: np.frombuffer(blob, dtype=np.float32) for cid, blob in

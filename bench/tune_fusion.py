@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from bot.settings import Settings  # noqa: E402
+from bot.core.settings import Settings  # noqa: E402
 from retrieval.embedder import build_embedder  # noqa: E402
 from retrieval.evaluate import prepare_kb, rank_metrics  # noqa: E402
 from retrieval.fusion import FEATURES, QUERY_FEATURES, FusionModel  # noqa: E402

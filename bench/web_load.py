@@ -65,7 +65,7 @@ class ScriptedGenerator:
 
 
 def bench_settings(args):
-    from bot.settings import Settings
+    from bot.core.settings import Settings
 
     return Settings(
         data_dir=Path(args.data_dir),

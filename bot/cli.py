@@ -6,8 +6,8 @@ import os
 
 import click
 
-from bot.errors import SupportbotError
-from bot.settings import load_settings
+from bot.core.errors import SupportbotError
+from bot.core.settings import load_settings
 
 # Feature modules that each expose ``register(main)``.
 COMMAND_MODULES = ("bot.cli_knowledge", "bot.cli_dialogue", "web.cli", "training.cli")

@@ -10,7 +10,7 @@ import threading
 from functools import cached_property
 from typing import Any
 
-from bot.settings import Settings
+from bot.core.settings import Settings
 
 
 class Components:
@@ -31,7 +31,7 @@ class Components:
 
     @cached_property
     def db(self):
-        from bot.store import Database
+        from bot.core.store import Database
 
         def build():
             db = Database(self.settings.db_url)

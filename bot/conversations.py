@@ -1,6 +1,6 @@
 """The dialogue store: conversations, their messages, feedback and hand-offs.
 
-``ConversationStore(db)`` wraps a ``bot.store.Database``. Every public method is one unit of
+``ConversationStore(db)`` wraps a ``bot.core.store.Database``. Every public method is one unit of
 work (one transaction). Safe under concurrent writers:
 
 * Every write transaction *starts* with a write (an UPDATE of the conversation row, or an INSERT).
@@ -27,9 +27,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from bot.errors import NotFound, SupportbotError
-from bot.store.db import Database
-from bot.store.models import Conversation, Feedback, Handoff, Message, utcnow
+from bot.core.errors import NotFound, SupportbotError
+from bot.core.store.db import Database
+from bot.core.store.models import Conversation, Feedback, Handoff, Message, utcnow
 
 ROLES = ("user", "bot", "human")
 STATUSES = ("open", "handed_off", "resolved")

@@ -39,9 +39,9 @@ from typing import Sequence
 
 import numpy as np
 
-from bot.errors import ConfigError
+from bot.core.errors import ConfigError
 from bot.policy import entity_name, entity_of
-from retrieval.embedder import torch_threads
+from bot.core.threads import minilm_dir, torch_threads
 from retrieval.types import Hit
 
 META = "selector.json"
@@ -74,9 +74,7 @@ def pair_text(hit: Hit, entity_rank: int) -> str:
 def base_model_dir(base: str) -> Path:
     """The folder of the base model named in ``selector.json``."""
     if base == "default":
-        from retrieval.embedder import default_model_dir
-
-        return default_model_dir()
+        return minilm_dir()
     path = Path(base).expanduser()
     if not (path / "config.json").is_file():
         raise ConfigError(f"cross selector base model {base!r}: no config.json in {path}")

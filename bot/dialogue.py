@@ -2,7 +2,7 @@
 
 ``DialogueManager.respond(conversation_id, message)`` validates at once (unknown conversation,
 empty or over-long message raise before anything is stored) and returns an iterator of
-``bot.events.Event``:
+``bot.core.events.Event``:
 
   answer   meta, token..., sources, done
   clarify  meta, token..., sources (the topics offered), done
@@ -24,12 +24,12 @@ import time
 from typing import Any, Iterator, Sequence
 
 from bot.conversations import ConversationStore
-from bot.errors import SupportbotError
-from bot.events import Event
+from bot.core.errors import SupportbotError
+from bot.core.events import Event
 from bot.generators.base import RepeatGuard, guarded
 from bot.policy import ANSWER, CLARIFY, DIRECT, HANDOFF, Decision, decide, direct_source, select_sources
 from bot.prompting import build_messages, cited_numbers
-from bot.settings import DialogueSettings
+from bot.core.settings import DialogueSettings
 from retrieval.types import Hit, Retriever
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from bot.errors import SupportbotError
+from bot.core.errors import SupportbotError
 from bot.policy import ANSWER, DIRECT, HANDOFF
 
 OUT_OF_SCOPE = Path(__file__).with_name("out_of_scope.json")

@@ -33,7 +33,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from bot.settings import DialogueSettings
+from bot.core.settings import DialogueSettings
 from retrieval.types import Hit
 
 ANSWER, CLARIFY, HANDOFF = "answer", "clarify", "handoff"

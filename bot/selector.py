@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from bot.errors import ConfigError
+from bot.core.errors import ConfigError
 from retrieval.types import Hit
 
 BUNDLED = {"dstc11": Path(__file__).with_name("selectors") / "dstc11-minilm.npz"}

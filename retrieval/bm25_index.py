@@ -19,7 +19,7 @@ from typing import Sequence
 import bm25s
 import numpy as np
 
-from bot.errors import ConfigError
+from bot.core.errors import ConfigError
 
 FORMAT_VERSION = 1
 _TOKEN = re.compile(r"(?u)\b\w\w+\b")

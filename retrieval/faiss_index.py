@@ -41,8 +41,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from bot.errors import IndexCorrupt
-from bot.settings import IndexSettings
+from bot.core.errors import IndexCorrupt
+from bot.core.settings import IndexSettings
 
 FORMAT_VERSION = 2  # 2: slot ids beside the FAISS file (HNSW with dead slots)
 META_FILE = "dense.json"

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from bot.errors import ConfigError
+from bot.core.errors import ConfigError
 
 # Per candidate. dense*: cosine of the query (or of the conversation context) with the chunk;
 # dense_group: mean dense score of the answers to the same FAQ question (dense for other chunks);

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from bot.settings import RetrievalSettings
+from bot.core.settings import RetrievalSettings
 from retrieval.entities import EntityMatcher, entity_of
 from retrieval.fusion import FEATURES, FusionModel
 from retrieval.types import ChunkInfo, Embedder, Hit, Turn

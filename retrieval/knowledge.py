@@ -17,11 +17,11 @@ import numpy as np
 from sqlalchemy import delete, func, or_, select
 from tqdm.auto import tqdm
 
-from bot.locks import exclusive
-from bot.errors import IngestError, NotFound, SupportbotError
-from bot.settings import IndexSettings, IngestSettings
-from bot.store import Database
-from bot.store.models import Chunk, Document, IndexVersion
+from bot.core.locks import exclusive
+from bot.core.errors import IngestError, NotFound, SupportbotError
+from bot.core.settings import IndexSettings, IngestSettings
+from bot.core.store import Database
+from bot.core.store.models import Chunk, Document, IndexVersion
 from retrieval.chunking import chunk_document
 from retrieval.parsers import SUPPORTED_SUFFIXES, parse_bytes, parse_file
 from retrieval.types import ChunkInfo, ChunkText, Embedder, ParsedDocument

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import charset_normalizer
 
-from bot.errors import IngestError
+from bot.core.errors import IngestError
 
 from .types import ParsedDocument, Section
 

@@ -5,7 +5,7 @@ registry (``PARSERS``) maps a lower-case suffix to a parser ``(name, data, setti
 
 Contract, for every format:
 
-* every failure is a ``bot.errors.IngestError`` (or its subclasses ``UnsupportedFileType``,
+* every failure is a ``bot.core.errors.IngestError`` (or its subclasses ``UnsupportedFileType``,
   ``FileTooLarge``) whose message starts with the file name; a file is parsed completely or not
   at all, so a bad line never leaves half a file behind;
 * single-document files (Markdown, text, HTML, PDF, DOCX) get ``external_id`` = the file name, so
@@ -30,8 +30,8 @@ from typing import Callable
 import yaml
 from markdown_it import MarkdownIt
 
-from bot.errors import FileTooLarge, IngestError, UnsupportedFileType
-from bot.settings import IngestSettings
+from bot.core.errors import FileTooLarge, IngestError, UnsupportedFileType
+from bot.core.settings import IngestSettings
 
 from .outline import Outline, tidy
 from .parse_util import decode_text, single_document

@@ -16,8 +16,8 @@ from bs4 import BeautifulSoup
 from bs4.dammit import EncodingDetector
 from bs4.element import PreformattedString
 
-from bot.errors import IngestError
-from bot.settings import IngestSettings
+from bot.core.errors import IngestError
+from bot.core.settings import IngestSettings
 
 from .outline import Outline, tidy
 from .parse_util import decode_text, single_document

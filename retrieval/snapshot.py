@@ -34,8 +34,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from bot.errors import IndexCorrupt, SupportbotError
-from bot.settings import IndexSettings
+from bot.core.errors import IndexCorrupt, SupportbotError
+from bot.core.settings import IndexSettings
 from retrieval.faiss_index import FaissIndex, NumpyIndex
 from retrieval.types import ChunkInfo, VectorIndex
 

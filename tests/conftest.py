@@ -24,7 +24,7 @@ SAMPLE_FAQ = REPO / "samples" / "faq"
 
 @pytest.fixture
 def settings(tmp_path):
-    from bot.settings import Settings
+    from bot.core.settings import Settings
 
     return Settings(data_dir=tmp_path / "var")
 
@@ -101,7 +101,7 @@ def pg_database(pg_url):
 
     import sqlalchemy as sa
 
-    from bot.store import Database
+    from bot.core.store import Database
 
     name = "t_" + uuid.uuid4().hex[:12]
     admin = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bot.errors import ConfigError
+from bot.core.errors import ConfigError
 from retrieval.bm25_index import Analyzer, BM25Index
 
 DOCS = {

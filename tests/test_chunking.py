@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from bot.errors import ConfigError
-from bot.settings import IngestSettings
+from bot.core.errors import ConfigError
+from bot.core.settings import IngestSettings
 from retrieval.chunking import chunk_document, count_regex_tokens
 from retrieval.parsers import parse_file
 from retrieval.types import ParsedDocument, Section

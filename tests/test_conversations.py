@@ -6,8 +6,8 @@ import threading
 import pytest
 
 from bot.conversations import ConversationStore
-from bot.errors import NotFound, SupportbotError
-from bot.store import Database
+from bot.core.errors import NotFound, SupportbotError
+from bot.core.store import Database
 
 
 @pytest.fixture

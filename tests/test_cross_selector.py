@@ -10,7 +10,7 @@ import pytest
 from bot.cross_selector import (
     BUNDLED_CROSS, DETECTOR, META, PAIR_VERSION, CrossSelector, fits, pair_text, pool, read_meta,
 )
-from bot.errors import ConfigError
+from bot.core.errors import ConfigError
 from retrieval.types import Hit
 
 WORDS = ("is there free parking at the hotel guests said breakfast served pool opens nine staff "

@@ -9,11 +9,11 @@ import pytest
 
 from bot.components import Components
 from bot.dialogue import DialogueManager, answer_once
-from bot.errors import NotFound, SupportbotError
-from bot.events import text as joined_text
+from bot.core.errors import NotFound, SupportbotError
+from bot.core.events import text as joined_text
 from bot.generators.extractive_generator import unwrap
 from bot.policy import ANSWER, CLARIFY, DIRECT, HANDOFF, Decision, decide, direct_source, select_sources, wants_human
-from bot.settings import DialogueSettings
+from bot.core.settings import DialogueSettings
 from retrieval.embedder import HashingEmbedder
 from retrieval.types import Hit
 
@@ -415,7 +415,7 @@ def test_chat_cli_streams_answers_with_sources(tmp_path, monkeypatch):
     assert "member of our team" in out, "the request for a person is handed off"
 
     from bot.components import Components
-    from bot.settings import Settings
+    from bot.core.settings import Settings
 
     comps = Components(Settings(data_dir=tmp_path / "var"))
     convs = comps.conversations.list(comps.db.bot_id("default"))

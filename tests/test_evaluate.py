@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bot.errors import SupportbotError
+from bot.core.errors import SupportbotError
 from bot.evaluate import Record, load_dialogues, selection_counts, summarize
 
 

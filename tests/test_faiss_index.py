@@ -7,8 +7,8 @@ import faiss
 import numpy as np
 import pytest
 
-from bot.errors import IndexCorrupt
-from bot.settings import IndexSettings
+from bot.core.errors import IndexCorrupt
+from bot.core.settings import IndexSettings
 from retrieval.faiss_index import FaissIndex, IndexDataError, NumpyIndex
 from retrieval.types import VectorIndex
 

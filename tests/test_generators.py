@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bot.errors import ConfigError, GeneratorError
+from bot.core.errors import ConfigError, GeneratorError
 from bot.generators import BACKENDS, build_generator
 from bot.generators import default_model
 from bot.generators.base import GenerationStream, Generator, StopMatcher, word_pieces
@@ -20,7 +20,7 @@ from bot.generators.fast_llama import FastLlama
 from bot.generators.extractive_generator import DONT_KNOW, ExtractiveGenerator
 from bot.generators.hf_generator import HFGenerator
 from bot.generators.openai_generator import OpenAIGenerator
-from bot.settings import GeneratorSettings
+from bot.core.settings import GeneratorSettings
 from openai_standin import OpenAIStandin
 from retrieval.types import Hit
 from tiny_models import write_tiny_gguf
@@ -341,7 +341,7 @@ def tiny_gguf(tiny_lm_dir, tmp_path_factory) -> Path:
 
 
 def test_gguf_is_converted_once_to_a_loadable_safetensors_folder(tiny_gguf, tiny_lm_dir, tmp_path, monkeypatch):
-    out = default_model.default_model_dir(tmp_path, gguf_path=tiny_gguf)
+    out = default_model.default_generator_dir(tmp_path, gguf_path=tiny_gguf)
     assert out == tmp_path / "models" / default_model.DEFAULT_DIRNAME
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     assert "quantization_config" not in (out / "config.json").read_text()
@@ -357,7 +357,7 @@ def test_gguf_is_converted_once_to_a_loadable_safetensors_folder(tiny_gguf, tiny
         raise AssertionError("converted twice")
 
     monkeypatch.setattr(default_model, "_write_converted", must_not_convert)
-    assert default_model.default_model_dir(tmp_path, gguf_path=tiny_gguf) == out
+    assert default_model.default_generator_dir(tmp_path, gguf_path=tiny_gguf) == out
 
 
 def test_concurrent_first_starts_convert_once(tiny_gguf, tmp_path, monkeypatch):
@@ -375,7 +375,7 @@ def test_concurrent_first_starts_convert_once(tiny_gguf, tmp_path, monkeypatch):
 
     def start():
         try:
-            results.append(default_model.default_model_dir(tmp_path, gguf_path=tiny_gguf))
+            results.append(default_model.default_generator_dir(tmp_path, gguf_path=tiny_gguf))
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 

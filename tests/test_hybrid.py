@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from bot.errors import ConfigError
-from bot.settings import RetrievalSettings
+from bot.core.errors import ConfigError
+from bot.core.settings import RetrievalSettings
 from retrieval.bm25_index import BM25Index
 from retrieval.embedder import HashingEmbedder
 from retrieval.faiss_index import NumpyIndex

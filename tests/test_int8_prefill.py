@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bot.errors import GeneratorError
+from bot.core.errors import GeneratorError
 from bot.generators import int8_prefill
 from bot.generators.fast_llama import FastLlama
 from bot.generators.hf_generator import HFGenerator

@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import func, select
 
 from bot.components import Components
-from bot.errors import NotFound
-from bot.store.models import Chunk, Document
+from bot.core.errors import NotFound
+from bot.core.store.models import Chunk, Document
 from retrieval.embedder import HashingEmbedder
 
 REPO = Path(__file__).resolve().parent.parent

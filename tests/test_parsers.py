@@ -14,8 +14,8 @@ import docx
 import pypdf
 import pytest
 
-from bot.errors import FileTooLarge, IngestError, UnsupportedFileType
-from bot.settings import IngestSettings
+from bot.core.errors import FileTooLarge, IngestError, UnsupportedFileType
+from bot.core.settings import IngestSettings
 from retrieval.parsers import PARSERS, SUPPORTED_SUFFIXES, parse_bytes, parse_file
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from bot.errors import SupportbotError
-from bot.settings import Settings
+from bot.core.errors import SupportbotError
+from bot.core.settings import Settings
 from retrieval.embedder import HashingEmbedder
 from retrieval.evaluate import evaluate_retrieval, prepare_kb, rank_metrics
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from bot.errors import ConfigError
+from bot.core.errors import ConfigError
 from bot.selector import BUNDLED, FEATURE_VERSION, N_SCALAR, LearnedSelector, features
 from retrieval.embedder import HashingEmbedder
 from retrieval.types import Hit
@@ -106,7 +106,7 @@ def test_stored_vectors_from_the_snapshot_give_the_same_selection(settings, tmp_
     # the vectors the knowledge base stored for those chunks (what the selector was trained on)
     from sqlalchemy import select
 
-    from bot.store.models import Chunk
+    from bot.core.store.models import Chunk
 
     with comps.db.session() as s:
         blobs = dict(s.execute(select(Chunk.id, Chunk.embedding)).all())

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bot.errors import IndexCorrupt, SupportbotError
-from bot.settings import IndexSettings
+from bot.core.errors import IndexCorrupt, SupportbotError
+from bot.core.settings import IndexSettings
 from retrieval.bm25_index import BM25Index
 from retrieval.faiss_index import FaissIndex, NumpyIndex
 from retrieval.snapshot import LiveSnapshot, Snapshot, SnapshotStore

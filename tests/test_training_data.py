@@ -6,7 +6,7 @@ import json
 import pytest
 
 from bot.prompting import build_messages
-from bot.settings import DialogueSettings
+from bot.core.settings import DialogueSettings
 from training.importers import CsvColumns, Transcript, TranscriptError, import_transcripts
 from training.pii import PIIScrubber
 from training.sft_dataset import (
@@ -91,7 +91,7 @@ def test_csv_custom_columns_sorted_by_timestamp(tmp_path):
 
 def test_store_import_learns_only_from_good_replies(settings):
     from bot.conversations import ConversationStore
-    from bot.store import Database
+    from bot.core.store import Database
 
     db = Database(settings.db_url)
     db.migrate()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.errors import ConfigError
+from bot.core.errors import ConfigError
 from training.pii import PIIScrubber, iban_ok, luhn_ok
 
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from bot.errors import NotFound, SupportbotError
+from bot.core.errors import NotFound, SupportbotError
 from training.model_card import read_card, write_card
 from training.promotion import compare, promote
 from training.registry import FollowingGenerator, ModelRegistry, current_model

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bot.prompting import build_messages
-from bot.settings import TrainingSettings
+from bot.core.settings import TrainingSettings
 from training.finetune import finetune, load_model
 from training.sft_dataset import Collator, SFTData, SFTExample, write_dataset
 from training.trainer import TrainConfig, Trainer
@@ -143,7 +143,7 @@ def test_finetune_exports_a_loadable_model_with_a_card(tiny_lm_dir, tmp_path):
 
 
 def test_missing_dataset_is_a_clear_error(tiny_lm_dir, tmp_path):
-    from bot.errors import SupportbotError
+    from bot.core.errors import SupportbotError
 
     with pytest.raises(SupportbotError, match="train.jsonl: not found"):
         finetune(tmp_path / "nothing", str(tiny_lm_dir), tmp_path / "out", TrainingSettings())

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from bot.store.models import ApiKey, SiteKey, User
+from bot.core.store.models import ApiKey, SiteKey, User
 from web_fixtures import *  # noqa: F401,F403 - fixtures
 from web_fixtures import ORIGIN, Visitor, events_of
 
@@ -131,7 +131,7 @@ def test_conversations_show_sources_and_feedback(app, admin, client, components)
 
 def test_admin_cli_creates_users_site_keys_and_api_keys(tmp_path, monkeypatch):
     from bot.cli import main
-    from bot.store import Database
+    from bot.core.store import Database
 
     data = str(tmp_path / "var")
     monkeypatch.setenv("SUPPORTBOT_EMBEDDER__MODEL", "hashing")

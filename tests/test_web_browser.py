@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from bot.store.models import Feedback
+from bot.core.store.models import Feedback
 from web_fixtures import ScriptedGenerator, make_components, make_settings
 
 pytestmark = pytest.mark.browser

@@ -6,7 +6,7 @@ import time
 
 from sqlalchemy import select
 
-from bot.store.models import Feedback, Handoff, Message
+from bot.core.store.models import Feedback, Handoff, Message
 from web.answers import parse_event_id
 from web_fixtures import *  # noqa: F401,F403 - fixtures
 from web_fixtures import ORIGIN, ScriptedGenerator, Visitor, events_of, make_components, make_settings

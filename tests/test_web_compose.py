@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from bot.settings import Settings
+from bot.core.settings import Settings
 from web_fixtures import *  # noqa: F401,F403 - fixtures (app, client)
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ import pytest
 from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import func, select
 
-from bot.store.models import Document, Feedback, Message
+from bot.core.store.models import Document, Feedback, Message
 from web_fixtures import *  # noqa: F401,F403 - fixtures
 from web_fixtures import ORIGIN, Visitor, make_components, make_settings
 
@@ -377,7 +377,7 @@ def test_origins_are_normalised(raw, expected):
 
 @pytest.mark.parametrize("raw", ["shop.example", "ftp://x.example", "https://", "javascript:alert(1)"])
 def test_bad_origins_are_refused(raw):
-    from bot.errors import SupportbotError
+    from bot.core.errors import SupportbotError
     from web.keys import normalize_origin
 
     with pytest.raises(SupportbotError, match="not an origin"):

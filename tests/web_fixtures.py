@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.events import Event
+from bot.core.events import Event
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_FAQ = REPO / "samples" / "faq"
@@ -56,7 +56,7 @@ class ScriptedGenerator:
 
 
 def make_settings(tmp_path: Path, **web):
-    from bot.settings import Settings
+    from bot.core.settings import Settings
 
     web = {"rate_limit_ip": "10000 per minute", "rate_limit_visitor": "1000 per minute",
            "heartbeat_s": 5.0, **web}

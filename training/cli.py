@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from bot.errors import ConfigError, SupportbotError
+from bot.core.errors import ConfigError, SupportbotError
 
 
 def _pii_options(f):

@@ -15,8 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from bot.errors import ConfigError, SupportbotError
-from bot.settings import TrainingSettings
+from bot.core.errors import ConfigError, SupportbotError
+from bot.core.settings import TrainingSettings
 from training.model_card import write_card
 from training.sft_dataset import Collator, SFTData, read_examples
 from training.trainer import Callback, TrainConfig, Trainer
@@ -25,9 +25,9 @@ from training.trainer import Callback, TrainConfig, Trainer
 def resolve_base(base: str, data_dir: Path) -> str:
     """"default" -> the converted default model folder; anything else is passed to from_pretrained."""
     if base == "default":
-        from bot.generators.default_model import default_model_dir
+        from bot.generators.default_model import default_generator_dir
 
-        return str(default_model_dir(data_dir))
+        return str(default_generator_dir(data_dir))
     return base
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from bot.errors import SupportbotError
+from bot.core.errors import SupportbotError
 from training.pii import PIIScrubber
 
 USER_ROLES = {"user", "customer", "visitor", "client"}
@@ -201,7 +201,7 @@ def read_store(db, bot: str) -> Iterator[Transcript]:
     """
     from sqlalchemy import select
 
-    from bot.store.models import Bot, Conversation, Feedback
+    from bot.core.store.models import Bot, Conversation, Feedback
 
     with db.session() as s:
         bot_id = s.scalar(select(Bot.id).where(Bot.name == bot))

@@ -23,7 +23,7 @@ from typing import Iterable, Mapping, Sequence
 
 import phonenumbers
 
-from bot.errors import ConfigError
+from bot.core.errors import ConfigError
 
 _EMAIL = re.compile(r"(?<![\w.+%-])[\w.+%-]+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}(?![\w-])")
 # Country code, check digits, then the BBAN: unbroken or in the printed groups of four.

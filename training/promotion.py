@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from bot.errors import SupportbotError
+from bot.core.errors import SupportbotError
 from training.model_card import read_card, write_card
 from training.registry import ModelRegistry
 

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from bot.locks import exclusive
-from bot.errors import NotFound, SupportbotError
+from bot.core.locks import exclusive
+from bot.core.errors import NotFound, SupportbotError
 
 log = logging.getLogger(__name__)
 

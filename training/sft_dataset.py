@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import torch
 
 from bot.prompting import build_messages
-from bot.settings import DialogueSettings
+from bot.core.settings import DialogueSettings
 from training.importers import Transcript
 
 IGNORE = -100

@@ -16,7 +16,7 @@ from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from bot.settings import Settings, load_settings
+from bot.core.settings import Settings, load_settings
 
 
 def create_app(

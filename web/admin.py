@@ -12,8 +12,8 @@ from pathlib import PurePosixPath
 from flask import Blueprint, flash, g, jsonify, redirect, render_template, request, session, url_for
 from sqlalchemy import select
 
-from bot.errors import FileTooLarge, NotFound, SupportbotError, UnsupportedFileType
-from bot.store.models import Bot
+from bot.core.errors import FileTooLarge, NotFound, SupportbotError, UnsupportedFileType
+from bot.core.store.models import Bot
 from web.auth import login_required
 from web.context import web
 from web.errors import wants_json

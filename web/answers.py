@@ -26,10 +26,10 @@ from typing import Callable, Iterable, Iterator, Optional
 
 from sqlalchemy import select
 
-from bot.errors import NotFound, SupportbotError
-from bot.events import Event
-from bot.store import Database
-from bot.store.models import Message
+from bot.core.errors import NotFound, SupportbotError
+from bot.core.events import Event
+from bot.core.store import Database
+from bot.core.store.models import Message
 
 log = logging.getLogger(__name__)
 

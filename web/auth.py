@@ -15,9 +15,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from bot.errors import SupportbotError
-from bot.store import Database
-from bot.store.models import User
+from bot.core.errors import SupportbotError
+from bot.core.store import Database
+from bot.core.store.models import User
 from web.context import web
 
 bp = Blueprint("auth", __name__, url_prefix="/admin")

@@ -23,9 +23,9 @@ from urllib.parse import quote, urlsplit
 from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy import select
 
-from bot.errors import Forbidden, NotFound, SupportbotError
-from bot.events import Event
-from bot.store.models import Conversation
+from bot.core.errors import Forbidden, NotFound, SupportbotError
+from bot.core.events import Event
+from bot.core.store.models import Conversation
 from web.answers import Item
 from web.context import web
 from web.keys import SiteKeyInfo, normalize_origin

@@ -5,7 +5,7 @@ import functools
 
 import click
 
-from bot.errors import SupportbotError
+from bot.core.errors import SupportbotError
 
 
 def _components(ctx):

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import current_app
 
-from bot.settings import Settings
+from bot.core.settings import Settings
 from web.answers import Answers
 from web.keys import ApiKeys, SiteKeys
 from web.security import VisitorTokens

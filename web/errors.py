@@ -11,7 +11,7 @@ from flask import Flask, Response, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
-from bot.errors import SupportbotError
+from bot.core.errors import SupportbotError
 
 log = logging.getLogger(__name__)
 

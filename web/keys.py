@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import select, update
 
-from bot.errors import Forbidden, NotFound, SupportbotError, Unauthorized
-from bot.store import Database
-from bot.store.models import ApiKey, Bot, SiteKey, utcnow
+from bot.core.errors import Forbidden, NotFound, SupportbotError, Unauthorized
+from bot.core.store import Database
+from bot.core.store.models import ApiKey, Bot, SiteKey, utcnow
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 

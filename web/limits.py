@@ -13,7 +13,7 @@ from __future__ import annotations
 from flask import Blueprint, Flask, current_app, request
 from flask_limiter import Limiter
 
-from bot.settings import WebSettings
+from bot.core.settings import WebSettings
 from web.security import bearer_token
 
 

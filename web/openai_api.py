@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 from flask import Blueprint, Response, jsonify, stream_with_context
 
-from bot.errors import SupportbotError
+from bot.core.errors import SupportbotError
 from web.context import web
 from web.security import bearer_token, json_body
 from web.sse import HEADERS

@@ -20,8 +20,8 @@ from typing import Any, NamedTuple
 from flask import Response, request
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
-from bot.errors import SupportbotError, Unauthorized
-from bot.settings import Settings
+from bot.core.errors import SupportbotError, Unauthorized
+from bot.core.settings import Settings
 
 ADMIN_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

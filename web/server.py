@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from gunicorn.app.base import BaseApplication
 
-from bot.settings import WebSettings
+from bot.core.settings import WebSettings
 
 WORKER_CLASSES = ("gthread", "gevent")
 

@@ -12,7 +12,7 @@ from typing import Iterable, Iterator
 
 from flask import Response, stream_with_context
 
-from bot.events import Event
+from bot.core.events import Event
 
 HEADERS = {
     "Cache-Control": "no-cache, no-transform",

@@ -14,8 +14,8 @@ from flask import (
 )
 from sqlalchemy import select, text
 
-from bot.errors import NotFound
-from bot.store.models import Chunk, Document
+from bot.core.errors import NotFound
+from bot.core.store.models import Chunk, Document
 from web.context import web
 from web.security import DEMO_CSP, page_headers
 

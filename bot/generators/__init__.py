@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from bot.errors import ConfigError
+from bot.core.errors import ConfigError
 from bot.generators.base import GenerationStream, Generator
-from bot.settings import GeneratorSettings
+from bot.core.settings import GeneratorSettings
 
 
 def _hf(s: GeneratorSettings, data_dir: Path) -> Generator:

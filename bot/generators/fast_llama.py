@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from retrieval.embedder import torch_threads
+from bot.core.threads import torch_threads
 
 _ARCHS = {"llama", "mistral", "qwen2"}
 

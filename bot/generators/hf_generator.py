@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from bot.errors import GeneratorError
+from bot.core.errors import GeneratorError
 from bot.generators.base import (
     GenerationStream,
     StopMatcher,
@@ -155,11 +155,11 @@ class HFGenerator(UsageMixin):
     # -- loading ---------------------------------------------------------------------------
     def _model_path(self) -> str:
         if self.model_name == "default":
-            from bot.generators.default_model import default_model_dir
+            from bot.generators.default_model import default_generator_dir
 
             if self.data_dir is None:
                 raise GeneratorError("the default generator model needs a data_dir to convert into")
-            return str(default_model_dir(self.data_dir))
+            return str(default_generator_dir(self.data_dir))
         path = Path(self.model_name).expanduser()
         if path.exists():
             if not (path / "config.json").is_file():
@@ -215,7 +215,7 @@ class HFGenerator(UsageMixin):
         grounded support prompt (~1 s, at load)."""
         from bot.generators.int8_prefill import CALIBRATION_QUESTION, CALIBRATION_SOURCES, Int8Prefill
         from bot.prompting import build_messages
-        from bot.settings import DialogueSettings
+        from bot.core.settings import DialogueSettings
 
         messages = build_messages(CALIBRATION_QUESTION, CALIBRATION_SOURCES, [], DialogueSettings().system_prompt)
         self.runner.int8 = Int8Prefill.calibrate(self.runner, [self.prompt_ids(messages)])

@@ -16,7 +16,7 @@ import json
 import threading
 from typing import Any, Iterator, Sequence
 
-from bot.errors import GeneratorError
+from bot.core.errors import GeneratorError
 from bot.generators.base import (
     GenerationStream,
     StopMatcher,

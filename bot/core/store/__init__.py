@@ -1,5 +1,5 @@
 """The database: SQLAlchemy models for knowledge and dialogues, Alembic migrations."""
-from bot.store.db import Database
-from bot.store import models
+from bot.core.store.db import Database
+from bot.core.store import models
 
 __all__ = ["Database", "models"]

@@ -1,6 +1,6 @@
 """SQLAlchemy models. One database holds the knowledge base and the dialogues of every bot.
 
-Schema changes go through Alembic (``bot/store/migrations``), never ``create_all``.
+Schema changes go through Alembic (``bot/core/store/migrations``), never ``create_all``.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.store.models import Bot
+from bot.core.store.models import Bot
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _migrate_lock = threading.Lock()
@@ -83,7 +83,7 @@ class Database:
             bot = s.scalar(select(Bot).where(Bot.name == name))
             if bot is None:
                 if not create:
-                    from bot.errors import NotFound
+                    from bot.core.errors import NotFound
 
                     raise NotFound(f"no bot called {name!r}")
                 bot = Bot(name=name)
