@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--precision", type=float, default=0.99, help="wanted share of right direct replies")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    from retrieval.evaluate import prepare_kb
+    from bot.eval_kb import prepare_kb
 
     settings = Settings(data_dir=args.data_dir)
     dstc = prepare_kb(args.data / "dstc11" / "kb.jsonl", settings, progress=True)

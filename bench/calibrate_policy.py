@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from bot.evaluate import load_dialogues, out_of_scope_questions, selection_counts  # noqa: E402
-from bot.policy import ANSWER, CLARIFY, HANDOFF, decide, select_sources  # noqa: E402
+from bot.policy import ANSWER, CLARIFY, HANDOFF, decide  # noqa: E402
+from bot.selection import RuleSelector  # noqa: E402
 from bot.core.settings import DialogueSettings, Settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -98,7 +99,7 @@ UTILITY = {
 
 def kb_components(kb: Path, settings: Settings):
     """Components serving ``kb`` (a JSONL file or a folder) as bot ``eval``, ingested once."""
-    from retrieval.evaluate import EVAL_BOT, prepare_kb
+    from bot.eval_kb import EVAL_BOT, prepare_kb
 
     if kb.is_file():
         return prepare_kb(kb, settings, progress=True).components, EVAL_BOT
@@ -139,10 +140,8 @@ def selection_prf(cases, settings: DialogueSettings, selector=None) -> tuple[flo
     for c in cases:
         if not c["target"]:
             continue
-        if selector is not None:
-            chosen = selector.select(c["turns"][-1]["text"], c["hits"], settings.max_sources)
-        else:
-            chosen = select_sources(c["hits"], settings)
+        chosen = (selector or RuleSelector(settings)).select(
+            c["turns"][-1]["text"], c["hits"], settings.max_sources).passages
         pred = [h.doc_id for h in chosen]
         a, b, d = selection_counts(c["gold"], pred)
         tp, fp, fn = tp + a, fp + b, fn + d
@@ -228,13 +227,13 @@ def main() -> None:
     sel_params, sel_tune = tune_selection(tune)
     sel_params["selector"] = ""
     # The learned selector (bench/train_selector.py), when one is bundled for this embedder.
-    from bot.selector import load_selector
+    from bot.selection import build_selector
+    from retrieval.snapshot import StoredVectors
 
-    from bot.selector import SnapshotVectors
-
-    learned = load_selector("auto", dstc.embedder)
-    if learned is not None:
-        learned.stored_vectors = SnapshotVectors(dstc_retriever)
+    learned = build_selector(settings.dialogue.model_copy(update={"selector": "auto"}), dstc.embedder,
+                             stored_vectors=StoredVectors(dstc.live(bot).get))
+    if isinstance(learned, RuleSelector):
+        learned = None
     learned_figs = {}
     if learned is not None:
         for m in SELECTION_GRID["max_sources"]:

@@ -9,7 +9,7 @@ run in the same process (the machine is shared, so ratios are the figures to com
 * BM25 build over the same 10,882 chunks: ``BM25Index.build`` (stemmed, stopwords) against
   bm25s's own tokenizer + index (no stemming), the library's quick-start path.
 
-The knowledge base is ingested once by ``retrieval.evaluate.prepare_kb`` (cached by content hash
+The knowledge base is ingested once by ``bot.eval_kb.prepare_kb`` (cached by content hash
 under ``--cache``; ingestion embeddings come from ``bench/tune_fusion.py``'s text cache when present).
 
     nice python bench/retrieval_latency.py [--data ../shared/data] [--n 200]
@@ -35,7 +35,8 @@ import torch  # noqa: E402
 from bot.core.settings import Settings  # noqa: E402
 from retrieval.bm25_index import BM25Index  # noqa: E402
 from retrieval.embedder import build_embedder  # noqa: E402
-from retrieval.evaluate import prepare_kb, read_dialogues  # noqa: E402
+from bot.eval_kb import prepare_kb  # noqa: E402
+from retrieval.evaluate import read_dialogues  # noqa: E402
 from retrieval.hybrid import HybridRetriever  # noqa: E402
 from tune_fusion import CachingEmbedder  # noqa: E402
 

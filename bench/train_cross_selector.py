@@ -202,7 +202,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
 
-    from retrieval.evaluate import prepare_kb
+    from bot.eval_kb import prepare_kb
 
     settings = Settings(data_dir=args.data_dir)
     kb = prepare_kb(args.data / "kb.jsonl", settings, progress=True)

@@ -1,9 +1,9 @@
-"""Train the learned knowledge selector (bot/selector.py) on dialogues with gold knowledge.
+"""Train the learned knowledge selector (bot/mlp_selector.py) on dialogues with gold knowledge.
 
 Candidates are exactly what the bot sees when serving: the hybrid retriever's top
 ``dialogue.candidates`` hits for each knowledge-seeking turn with its conversation; a candidate is
 positive when its document is one of the turn's gold documents. Features come from
-``bot.selector.features`` (the serving code), so training and serving cannot drift apart.
+``bot.mlp_selector.features`` (the serving code), so training and serving cannot drift apart.
 
 Split by dialogue: 85 % to fit, 15 % to stop early and pick the probability threshold (best
 micro selection F1, with the serving rule "at least the best one, at most max_sources").
@@ -30,8 +30,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bot.evaluate import load_dialogues, selection_counts  # noqa: E402
-from bot.policy import select_sources  # noqa: E402
-from bot.selector import FEATURE_VERSION, features  # noqa: E402
+from bot.selection import RuleSelector  # noqa: E402
+from bot.mlp_selector import FEATURE_VERSION, features  # noqa: E402
 from bot.core.settings import Settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,7 +86,7 @@ def micro_f1(sets, probs, threshold: float, max_sources: int) -> tuple[float, fl
 def rule_f1(sets, dialogue_settings) -> tuple[float, float, float]:
     tp = fp = fn = 0
     for s in sets:
-        a, b, c = selection_counts(s["gold"], [h.doc_id for h in select_sources(s["hits"], dialogue_settings)])
+        a, b, c = selection_counts(s["gold"], [h.doc_id for h in RuleSelector(dialogue_settings).select("", s["hits"], dialogue_settings.max_sources).passages])
         tp, fp, fn = tp + a, fp + b, fn + c
     P = tp / (tp + fp) if tp + fp else 0.0
     R = tp / (tp + fn) if tp + fn else 0.0
@@ -112,7 +112,7 @@ def main() -> None:
     # One thread: on a shared 2-core machine two torch threads thrash (measured 16x slower encodes).
     torch.set_num_threads(1)
 
-    from retrieval.evaluate import prepare_kb
+    from bot.eval_kb import prepare_kb
 
     settings = Settings(data_dir=args.data_dir)
     kb = prepare_kb(args.data / "kb.jsonl", settings, progress=True)

@@ -14,7 +14,7 @@ Data (read from ``../shared/data`` by path):
   fitted set weighs the same in total.
 
 Candidates and features come from ``HybridRetriever.candidates``, the code that serves, over
-knowledge bases ingested by the real path (``retrieval.evaluate.prepare_kb``). Embeddings are
+knowledge bases ingested by the real path (``bot.eval_kb.prepare_kb``). Embeddings are
 cached by text under ``--cache`` so reruns take seconds.
 
     nice python bench/tune_fusion.py [--data ../shared/data] [--write retrieval/fusion.json]
@@ -39,7 +39,8 @@ from tqdm import tqdm  # noqa: E402
 
 from bot.core.settings import Settings  # noqa: E402
 from retrieval.embedder import build_embedder  # noqa: E402
-from retrieval.evaluate import prepare_kb, rank_metrics  # noqa: E402
+from bot.eval_kb import prepare_kb  # noqa: E402
+from retrieval.evaluate import rank_metrics  # noqa: E402
 from retrieval.fusion import FEATURES, QUERY_FEATURES, FusionModel  # noqa: E402
 from retrieval.hybrid import HybridRetriever  # noqa: E402
 

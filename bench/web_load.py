@@ -59,9 +59,15 @@ class ScriptedGenerator:
         return len(text.split())
 
     def stream(self, messages, **params):
-        for i in range(self.tokens):
-            time.sleep(self.delay_s)
-            yield f"word{i} "
+        from bot.generators.base import GenerationStream
+
+        def pieces(handle):
+            for i in range(self.tokens):
+                time.sleep(self.delay_s)
+                handle.usage["completion_tokens"] += 1
+                yield f"word{i} "
+
+        return GenerationStream(pieces, self.model_id)
 
 
 def bench_settings(args):
@@ -90,7 +96,7 @@ def serve(args) -> None:
         from bot.components import Components
         from web import create_app
 
-        comps = Components(settings, generator=ScriptedGenerator(args.tokens, args.token_delay))
+        comps = Components(settings, parts={"generator": ScriptedGenerator(args.tokens, args.token_delay)})
         return create_app(settings, comps)
 
     options = gunicorn_options(settings.web)

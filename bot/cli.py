@@ -1,16 +1,15 @@
 """The ``supportbot`` command: one click group; each feature module registers its commands."""
 from __future__ import annotations
 
-import importlib
 import os
 
 import click
 
+import training.cli
+import web.cli
+from bot import cli_dialogue, cli_knowledge
 from bot.core.errors import SupportbotError
 from bot.core.settings import load_settings
-
-# Feature modules that each expose ``register(main)``.
-COMMAND_MODULES = ("bot.cli_knowledge", "bot.cli_dialogue", "web.cli", "training.cli")
 
 
 class TranslatingGroup(click.Group):
@@ -37,20 +36,5 @@ def main(ctx: click.Context, data_dir: str | None, bot_name: str | None) -> None
     ctx.obj = {"settings": settings, "bot": bot_name or settings.default_bot}
 
 
-def components(ctx: click.Context):
-    """The shared Components of this invocation, built on first use."""
-    from bot.components import Components
-
-    if "components" not in ctx.obj:
-        ctx.obj["components"] = Components(ctx.obj["settings"])
-    return ctx.obj["components"]
-
-
-for _name in COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(_name)
-    except ModuleNotFoundError as _e:  # a feature package not installed in this build
-        if _e.name and _name.startswith(_e.name):
-            continue
-        raise
+for _module in (cli_knowledge, cli_dialogue, web.cli, training.cli):
     _module.register(main)

@@ -29,7 +29,7 @@ SUMMARY_KEYS = (
 
 
 def _components(ctx):
-    from bot.cli import components
+    from bot.cli_context import components
 
     return components(ctx)
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
+from bot.cli_context import components
+
 
 def _components(ctx):
-    from bot.cli import components
-
     return components(ctx)
 
 
@@ -85,10 +85,11 @@ def ask(ctx, question, k, generate, as_json):
             click.echo(f"    source: {h.source or h.doc_id}")
             click.echo("    " + h.text.strip().replace("\n", "\n    ")[:600])
     if generate:
-        from bot.dialogue import answer_once
 
         click.echo()
-        for event in answer_once(comps, ctx.obj["bot"], question):
+        bot = ctx.obj["bot"]
+        cid = comps.conversations.create(comps.db.bot_id(bot), "cli", {"channel": "cli"})
+        for event in comps.dialogue(bot).respond(cid, question):
             if event.type == "token":
                 click.echo(event.data["text"], nl=False)
                 sys.stdout.flush()
@@ -112,7 +113,7 @@ def ask(ctx, question, k, generate, as_json):
 @click.pass_context
 def eval_retrieval(ctx, kb_path, queries_path, dialogues_path, k, limit):
     """Recall@1/5/10 and MRR of the hybrid retriever and its dense/BM25 baselines, as one JSON object."""
-    from retrieval.evaluate import evaluate_retrieval
+    from bot.eval_kb import evaluate_retrieval
 
     if bool(queries_path) == bool(dialogues_path):
         raise click.UsageError("give exactly one of --queries or --dialogues")

@@ -2,38 +2,59 @@
 
 ``Components(settings)`` is cheap; each part is built on first use and cached. The CLI and
 ``web.create_app`` make one and pass its parts into what needs them (dependencies passed in, no
-globals). Tests build one over a temp data dir with tiny real parts passed as overrides.
+globals). Tests build one over a temp data dir with tiny real parts in ``parts``
+(``Components(settings, parts={"embedder": HashingEmbedder()})``); a part given there is used
+as it is.
+
+This is the app tier: it is the one place that knows every package (``tests/test_architecture.py``).
 """
 from __future__ import annotations
 
 import threading
 from functools import cached_property
-from typing import Any
+from typing import Any, Callable, Mapping, TypeVar
 
-from bot.core.settings import Settings
+from bot.conversations import ConversationStore
+from bot.core.settings import DialogueSettings, Settings
+from bot.core.store import Database
+from bot.dialogue import DialogueManager
+from bot.generators.base import Generator
+from bot.generators.extractive_generator import ExtractiveGenerator
+from bot.generators.following import following_generator
+from bot.pipeline import TurnPipeline
+from bot.selection import Selector, build_selector
+from retrieval.embedder import build_embedder
+from retrieval.hybrid import HybridRetriever
+from retrieval.knowledge import KnowledgeBase
+from retrieval.snapshot import LiveSnapshot, SnapshotStore, StoredVectors
+from retrieval.types import Embedder
+
+PARTS = ("db", "embedder", "snapshots", "knowledge", "generator", "conversations")
+T = TypeVar("T")
 
 
 class Components:
-    def __init__(self, settings: Settings, **overrides: Any):
-        """``overrides`` replace parts by name (``embedder=HashingEmbedder()``, ``generator=...``)."""
+    def __init__(self, settings: Settings, parts: Mapping[str, Any] | None = None):
+        """``parts`` replace parts by name (one of ``PARTS``): ``{"embedder": HashingEmbedder(),
+        "generator": ScriptedGenerator()}``."""
+        unknown = set(parts or {}) - set(PARTS)
+        if unknown:
+            raise TypeError(f"unknown component(s) {', '.join(sorted(unknown))}; parts are {', '.join(PARTS)}")
         self.settings = settings
-        self._overrides = overrides
+        self.parts = dict(parts or {})
         self._lock = threading.RLock()
-        self._live: dict[str, Any] = {}
-        self._retrievers: dict[str, Any] = {}
-        self._dialogues: dict[str, Any] = {}
+        self._live: dict[str, LiveSnapshot] = {}
+        self._retrievers: dict[str, HybridRetriever] = {}
+        self._selectors: dict[str, Selector] = {}
+        self._dialogues: dict[str, DialogueManager] = {}
         settings.ensure_dirs()
 
-    def _part(self, name: str, build):
-        if name in self._overrides:
-            return self._overrides[name]
-        return build()
+    def _part(self, name: str, build: Callable[[], T]) -> T:
+        return self.parts[name] if name in self.parts else build()
 
     @cached_property
-    def db(self):
-        from bot.core.store import Database
-
-        def build():
+    def db(self) -> Database:
+        def build() -> Database:
             db = Database(self.settings.db_url)
             db.migrate()
             return db
@@ -41,10 +62,8 @@ class Components:
         return self._part("db", build)
 
     @cached_property
-    def embedder(self):
-        def build():
-            from retrieval.embedder import build_embedder
-
+    def embedder(self) -> Embedder:
+        def build() -> Embedder:
             emb = build_embedder(self.settings.embedder)
             if hasattr(emb, "load"):
                 emb.load()
@@ -53,17 +72,13 @@ class Components:
         return self._part("embedder", build)
 
     @cached_property
-    def snapshots(self):
-        from retrieval.snapshot import SnapshotStore
-
+    def snapshots(self) -> SnapshotStore:
         return self._part(
             "snapshots", lambda: SnapshotStore(self.settings.data_dir / "index", self.settings.index)
         )
 
     @cached_property
-    def knowledge(self):
-        from retrieval.knowledge import KnowledgeBase
-
+    def knowledge(self) -> KnowledgeBase:
         return self._part(
             "knowledge",
             lambda: KnowledgeBase(
@@ -72,56 +87,60 @@ class Components:
             ),
         )
 
-    def live(self, bot: str | None = None):
+    def live(self, bot: str | None = None) -> LiveSnapshot:
         """The bot's current index snapshot, swapped in when another process publishes a newer one."""
-        from retrieval.snapshot import LiveSnapshot
-
         bot = bot or self.settings.default_bot
         with self._lock:
             if bot not in self._live:
-                self._live[bot] = LiveSnapshot(
-                    self.snapshots, bot, self.settings.index.reload_interval_s
-                )
+                self._live[bot] = LiveSnapshot(self.snapshots, bot, self.settings.index.reload_interval_s)
             return self._live[bot]
 
-    def retriever(self, bot: str | None = None):
-        from retrieval.hybrid import HybridRetriever
-
+    def retriever(self, bot: str | None = None) -> HybridRetriever:
         bot = bot or self.settings.default_bot
         with self._lock:
             if bot not in self._retrievers:
-                live = self.live(bot)
-                self._retrievers[bot] = HybridRetriever(
-                    self.embedder, live.get, self.settings.retrieval
-                )
+                self._retrievers[bot] = HybridRetriever(self.embedder, self.live(bot).get, self.settings.retrieval)
             return self._retrievers[bot]
 
-    @cached_property
-    def generator(self):
-        def build():
-            # Follows `supportbot promote`: a newly promoted model is swapped in on the next
-            # request, without a restart (streams in flight finish on the old one).
-            from training.registry import following_generator
-
-            return following_generator(
-                self.settings.generator, self.settings.data_dir, self.settings.index.reload_interval_s
-            )
-
-        return self._part("generator", build)
+    def selector(self, bot: str | None = None) -> Selector:
+        """The knowledge selector named by ``dialogue.selector``, reading the bot's stored vectors."""
+        bot = bot or self.settings.default_bot
+        with self._lock:
+            if bot not in self._selectors:
+                self._selectors[bot] = build_selector(
+                    self.settings.dialogue, self.embedder, stored_vectors=StoredVectors(self.live(bot).get)
+                )
+            return self._selectors[bot]
 
     @cached_property
-    def conversations(self):
-        from bot.conversations import ConversationStore
+    def generator(self) -> Generator:
+        # Follows `supportbot promote`: a newly promoted model is swapped in on the next
+        # request, without a restart (streams in flight finish on the old one).
+        return self._part("generator", lambda: following_generator(
+            self.settings.generator, self.settings.data_dir, self.settings.index.reload_interval_s
+        ))
 
+    @cached_property
+    def conversations(self) -> ConversationStore:
         return self._part("conversations", lambda: ConversationStore(self.db))
 
-    def dialogue(self, bot: str | None = None):
-        from bot.dialogue import DialogueManager
+    def pipeline(self, bot: str | None = None, generator: Generator | None = None,
+                 with_generator: bool = True, dialogue: DialogueSettings | None = None) -> TurnPipeline:
+        """The bot's turn pipeline. ``generator`` replaces the served one (evaluation of another
+        model), ``with_generator=False`` builds one that only retrieves and plans, ``dialogue``
+        replaces the dialogue settings (an evaluation's own)."""
+        gen = generator if generator is not None else (self.generator if with_generator else None)
+        dialogue = dialogue or self.settings.dialogue
+        selector = self.selector(bot)
+        if (dialogue.selector, dialogue.selector_threads) != (
+                self.settings.dialogue.selector, self.settings.dialogue.selector_threads):
+            selector = build_selector(dialogue, self.embedder,
+                                      stored_vectors=StoredVectors(self.live(bot).get))
+        return TurnPipeline(self.retriever(bot), selector, gen, ExtractiveGenerator(), dialogue)
 
+    def dialogue(self, bot: str | None = None) -> DialogueManager:
         bot = bot or self.settings.default_bot
         with self._lock:
             if bot not in self._dialogues:
-                self._dialogues[bot] = DialogueManager(
-                    self.conversations, self.retriever(bot), self.generator, self.settings.dialogue
-                )
+                self._dialogues[bot] = DialogueManager(self.conversations, self.pipeline(bot), self.settings.dialogue)
             return self._dialogues[bot]

@@ -126,6 +126,19 @@ class ConversationStore:
             "message_count": int(message_count),
         }
 
+    def owner(self, conversation_id: str) -> dict | None:
+        """``{visitor_id, bot_id, status, created_at}`` of a conversation, or None: one indexed
+        read (``get`` also counts the messages), for the access check of every visitor request."""
+        with self.db.session() as s:
+            row = s.execute(
+                select(Conversation.visitor_id, Conversation.bot_id, Conversation.status,
+                       Conversation.created_at).where(Conversation.id == conversation_id)
+            ).first()
+        if row is None:
+            return None
+        return {"visitor_id": row.visitor_id, "bot_id": row.bot_id, "status": row.status,
+                "created_at": _iso(row.created_at)}
+
     def set_status(self, conversation_id: str, status: str) -> None:
         """Set ``open`` | ``handed_off`` | ``resolved`` (the admin console resolves conversations)."""
         if status not in STATUSES:
@@ -196,6 +209,34 @@ class ConversationStore:
 
         self._run(work)
 
+    def message(self, message_id: int, conversation_id: str | None = None) -> dict | None:
+        """One message as ``history`` gives it (plus ``conversation_id``), or None when there is
+        none (in ``conversation_id``, when given)."""
+        query = select(Message).where(Message.id == message_id)
+        if conversation_id is not None:
+            query = query.where(Message.conversation_id == conversation_id)
+        with self.db.session() as s:
+            m = s.scalar(query)
+            return None if m is None else {**self._message_dict(m), "conversation_id": m.conversation_id}
+
+    @staticmethod
+    def _message_dict(m: Message) -> dict:
+        return {
+            "id": m.id,
+            "role": m.role,
+            "text": m.text,
+            "sources": list(m.sources or []),
+            "scores": list(m.scores or []),
+            "decision": m.decision,
+            "model_id": m.model_id,
+            "latency_ms": m.latency_ms,
+            "ttft_ms": m.ttft_ms,
+            "prompt_tokens": m.prompt_tokens,
+            "completion_tokens": m.completion_tokens,
+            "complete": bool(m.complete),
+            "created_at": _iso(m.created_at),
+        }
+
     def history(self, conversation_id: str) -> list[dict]:
         """Every message, oldest first, with its latest feedback when there is some."""
         with self.db.session() as s:
@@ -211,21 +252,7 @@ class ConversationStore:
                 feedback[fb.message_id] = fb  # later rows win: the latest rating counts
             out = []
             for m in messages:
-                row = {
-                    "id": m.id,
-                    "role": m.role,
-                    "text": m.text,
-                    "sources": list(m.sources or []),
-                    "scores": list(m.scores or []),
-                    "decision": m.decision,
-                    "model_id": m.model_id,
-                    "latency_ms": m.latency_ms,
-                    "ttft_ms": m.ttft_ms,
-                    "prompt_tokens": m.prompt_tokens,
-                    "completion_tokens": m.completion_tokens,
-                    "complete": bool(m.complete),
-                    "created_at": _iso(m.created_at),
-                }
+                row = self._message_dict(m)
                 fb = feedback.get(m.id)
                 if fb is not None:
                     row["feedback"] = {"rating": fb.rating, "comment": fb.comment}

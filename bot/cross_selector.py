@@ -40,8 +40,8 @@ from typing import Sequence
 import numpy as np
 
 from bot.core.errors import ConfigError
-from bot.policy import entity_name, entity_of
 from bot.core.threads import minilm_dir, torch_threads
+from bot.selection import Selection
 from retrieval.types import Hit
 
 META = "selector.json"
@@ -56,7 +56,7 @@ def pool(hits: Sequence[Hit], k: int, entities: int) -> list[tuple[int, int]]:
     ranks: dict[str, int] = {}
     out: list[tuple[int, int]] = []
     for i, h in enumerate(hits[:k]):
-        e = entity_of(h)
+        e = h.entity_key
         if e not in ranks:
             if len(ranks) >= entities:
                 continue
@@ -67,8 +67,8 @@ def pool(hits: Sequence[Hit], k: int, entities: int) -> list[tuple[int, int]]:
 
 def pair_text(hit: Hit, entity_rank: int) -> str:
     """The passage side of a pair (see the module docstring); training and serving share it."""
-    kind = (hit.metadata or {}).get("doc_type") or "passage"
-    return f"entity {entity_rank + 1}: {entity_name(hit)} | {kind} | {hit.text}"
+    kind = hit.doc_type or "passage"
+    return f"entity {entity_rank + 1}: {hit.entity} | {kind} | {hit.text}"
 
 
 def base_model_dir(base: str) -> Path:
@@ -99,14 +99,13 @@ def read_meta(path: Path) -> dict:
 
 
 class CrossSelector:
-    """``select(message, hits, max_sources)``: the grounding passages, or [] when none is likely.
+    """``select(message, hits, k)``: the grounding passages; ``needs_knowledge`` is whether it chose
+    any (an empty choice means "answer from no source": the policy asks back instead).
 
     ``model`` is a sequence-pair classifier with one logit (transformers), ``tokenizer`` its
     tokenizer. Calls are serialised by a lock (a fast tokenizer is not re-entrant) and run on
     ``threads`` torch threads (0: torch's default).
     """
-
-    detects = True  # an empty selection means "answer from no source": the manager does not answer
 
     def __init__(self, model, tokenizer, meta: dict, threads: int = 1, detector=None, embedder=None):
         self.model = model.eval()
@@ -115,7 +114,7 @@ class CrossSelector:
         self.embedder = embedder
         self.tokenizer = tokenizer
         self.meta = meta
-        self.k = int(meta["k"])
+        self.pool = int(meta["k"])
         self.entities = int(meta["entities"])
         self.max_length = int(meta["max_length"])
         self.select_threshold = float(meta["select_threshold"])
@@ -187,7 +186,7 @@ class CrossSelector:
     def probabilities(self, message: str, hits: Sequence[Hit]) -> np.ndarray:
         """(len(hits),) P(grounds the answer); 0 for hits outside the pool."""
         p = np.zeros(len(hits), np.float32)
-        cands = pool(hits, self.k, self.entities)
+        cands = pool(hits, self.pool, self.entities)
         if cands:
             logits = self.logits(message, [pair_text(hits[i], r) for i, r in cands])
             p[[i for i, _ in cands]] = 1.0 / (1.0 + np.exp(-logits))
@@ -204,21 +203,10 @@ class CrossSelector:
         order = (order or [int(np.argmax(p))])[:max(1, max_sources)]
         return sorted(order)
 
-    def select(self, message: str, hits: Sequence[Hit], max_sources: int) -> list[Hit]:
+    def select(self, message: str, hits: Sequence[Hit], k: int) -> Selection:
         hits = list(hits)
         detected = self.needs_knowledge(message) if hits else False
         if detected is False:
-            return []  # no passage scoring for a turn that needs no knowledge
-        return [hits[i] for i in self.choose(self.probabilities(message, hits), max_sources, detected)]
-
-
-def fits(path: Path, embedder) -> bool:
-    """True when the selector in ``path`` was trained behind this retriever embedder and its base
-    model is installed (``dialogue.selector = "auto"`` no longer picks a cross selector, so
-    nothing in serving calls this; it answers whether one would fit)."""
-    try:
-        meta = read_meta(path)
-        base_model_dir(meta["base"])
-    except ConfigError:
-        return False
-    return embedder is not None and meta.get("embedder") == getattr(embedder, "model_id", None)
+            return Selection([], False)  # no passage scoring for a turn that needs no knowledge
+        chosen = [hits[i] for i in self.choose(self.probabilities(message, hits), k, detected)]
+        return Selection(chosen, bool(chosen))

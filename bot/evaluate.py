@@ -28,8 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from bot.components import Components
 from bot.core.errors import SupportbotError
-from bot.policy import ANSWER, DIRECT, HANDOFF
+from bot.eval_kb import EVAL_BOT, prepare_kb
+from bot.generators import build_generator
+from bot.generators.base import Generator
+from bot.pipeline import TurnPipeline
+from bot.policy import ANSWER, CLARIFY, HANDOFF
 
 OUT_OF_SCOPE = Path(__file__).with_name("out_of_scope.json")
 
@@ -184,35 +189,31 @@ def summarize(records: Iterable[Record]) -> dict[str, Any]:
     return out
 
 
-def run_turn(dialogue, turns: Sequence[dict], generate: bool, max_candidates: int | None = None) -> Record:
-    """Run the bot's retrieval, policy and (optionally) generation on one conversation prefix.
-
-    ``dialogue`` is a ``DialogueManager``; ``turns`` ends with the user's message. Nothing is stored.
-    """
+def run_turn(pipeline: TurnPipeline, turns: Sequence[dict], generate: bool,
+             max_candidates: int | None = None) -> Record:
+    """Run the bot's turn pipeline on one conversation prefix (``turns`` ends with the user's
+    message): retrieval, the plan and, with ``generate``, the reply it would send. Nothing is stored."""
     message = turns[-1]["text"]
-    history = [{"role": t["role"], "text": t["text"]} for t in turns[:-1]]
-    history = history[-dialogue.settings.context_turns:] if dialogue.settings.context_turns else []
-    hits = dialogue.retrieve(message, history)
-    decision, selected = dialogue.plan(message, hits)
-    ranked = list(dict.fromkeys(h.doc_id for h in hits))
+    context = pipeline.settings.context_turns
+    history = [{"role": t["role"], "text": t["text"]} for t in turns[:-1]][-context:] if context else []
+    plan = pipeline.plan(message, pipeline.retrieve(message, history))
+    ranked = list(dict.fromkeys(h.doc_id for h in plan.hits))
     rec = Record(
         id="", target=False, gold=[], ranked=ranked[: max_candidates or len(ranked)],
-        selected=[h.doc_id for h in selected], decision=decision.action,
-        confidence=decision.confidence, direct=decision.reason == DIRECT,
+        selected=[h.doc_id for h in plan.sources], decision=plan.decision.action,
+        confidence=plan.decision.confidence, direct=plan.direct,
     )
     if not generate:
         return rec
-    if decision.action != ANSWER:
-        rec.reply = (dialogue.clarify_text(hits)[0] if decision.action == "clarify"
-                     else dialogue.settings.handoff_message)
+    if plan.decision.action != ANSWER:
+        rec.reply = (pipeline.clarify(plan.hits)[0] if plan.decision.action == CLARIFY
+                     else pipeline.handoff_text(plan.decision))
         return rec
-    messages = dialogue.prompt(message, selected, history)
     pieces: list[str] = []
     t0 = time.perf_counter()
     t_first = None
-    generator = dialogue.generator_for(decision)
-    stream, shown = dialogue.reply_stream(generator, messages, selected)
-    for piece in shown:
+    reply = pipeline.reply(plan, message, history)
+    for piece in reply:
         if piece and t_first is None:
             t_first = time.perf_counter()
         pieces.append(piece)
@@ -221,11 +222,8 @@ def run_turn(dialogue, turns: Sequence[dict], generate: bool, max_candidates: in
     # First-token time and tokens/s measure the model: an FAQ's own answer is not timed.
     if t_first is not None and not rec.direct:
         rec.ttft_ms = (t_first - t0) * 1000.0
-        usage = getattr(stream, "usage", None) or {}
-        count = getattr(generator, "count_tokens", None)
-        rec.completion_tokens = int(usage.get("completion_tokens") or 0) or (
-            int(count(rec.reply)) if count else len(pieces)
-        )
+        rec.completion_tokens = int(reply.usage.get("completion_tokens") or 0) or int(
+            reply.generator.count_tokens(rec.reply))
         # Decode speed excludes the first token (prefill), as bench/generate.py measures it.
         rec.completion_tokens = max(0, rec.completion_tokens - 1)
         rec.decode_s = t_end - t_first
@@ -248,39 +246,36 @@ def run_eval(
     model: str | None = None,
     limit: int | None = None,
     progress: bool = True,
-    components=None,
+    components: Components | None = None,
     *,
     backend: str | None = None,
+    generator: Generator | None = None,
     generate: bool = True,
     out_of_scope: bool = True,
     predictions_path: Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate the bot on ``dialogues_path`` with the knowledge base ``kb_path``.
 
-    The KB is ingested into a scratch data dir cached by content hash (``retrieval.evaluate``);
-    with ``components`` given, into its bot ``eval`` instead (tests pass tiny real parts this way).
-    ``model`` / ``backend`` replace the generator's; ``generate=False`` scores retrieval, selection
-    and decisions only (they do not depend on the generator). Returns the report dict.
+    The KB is ingested into a scratch data dir cached by content hash (``bot/eval_kb.py``); with
+    ``components`` given, into its bot ``eval`` instead (tests pass tiny real parts this way).
+    The reply is written by ``generator`` when given, else by the configured generator with
+    ``model`` / ``backend`` replaced; ``generate=False`` scores retrieval, selection and decisions
+    only (they do not depend on the generator). Returns the report dict.
     """
-    from bot.dialogue import DialogueManager
-    from bot.generators import build_generator
-    from retrieval.evaluate import EVAL_BOT, prepare_kb
     from tqdm import tqdm
 
     t_start = time.perf_counter()
     kb_path, dialogues_path = Path(kb_path), Path(dialogues_path)
     instances = load_dialogues(dialogues_path, limit)
-    generator = None
-    if generate:
-        if components is not None and "generator" in getattr(components, "_overrides", {}):
-            generator = components.generator
-        else:
-            generator = build_generator(_generator_settings(settings, model, backend), settings.data_dir)
-        if hasattr(generator, "load"):
-            generator.load()
+    if not generate:
+        generator = None
+    elif generator is None:
+        generator = build_generator(_generator_settings(settings, model, backend), settings.data_dir)
+    if generator is not None:
+        generator.load()
     if components is None:
-        overrides = {"generator": generator} if generator is not None else {}
-        kb = prepare_kb(kb_path, settings, progress=progress, **overrides)
+        parts = {"generator": generator} if generator is not None else {}
+        kb = prepare_kb(kb_path, settings, progress=progress, **parts)
         comps, bot, ingest = kb.components, kb.bot, kb.ingest
     else:
         comps, bot = components, EVAL_BOT
@@ -288,18 +283,18 @@ def run_eval(
         if report.errors:
             raise SupportbotError(f"{kb_path}: " + "; ".join(report.errors[:5]))
         ingest = {"chunks": report.chunks, "cached": False}
-    dialogue = DialogueManager(comps.conversations, comps.retriever(bot), generator, settings.dialogue)
+    pipeline = comps.pipeline(bot, generator=generator, with_generator=False, dialogue=settings.dialogue)
 
     records: list[Record] = []
     for row in tqdm(instances, desc="dialogues", unit="turn", disable=not progress):
         # Generation is scored on knowledge-seeking turns only; the rest need the decision alone.
-        r = run_turn(dialogue, row["turns"], generate=generate and row["target"])
+        r = run_turn(pipeline, row["turns"], generate=generate and row["target"])
         r.id, r.target, r.gold = row["id"], row["target"], row["gold_doc_ids"]
         r.gold_response = row.get("gold_response") or ""
         records.append(r)
     if out_of_scope:
         for i, q in enumerate(out_of_scope_questions()):
-            r = run_turn(dialogue, [{"role": "user", "text": q}], generate=False)
+            r = run_turn(pipeline, [{"role": "user", "text": q}], generate=False)
             r.id, r.out_of_scope = f"oos-{i}", True
             records.append(r)
 
@@ -310,7 +305,7 @@ def run_eval(
             "dialogues": str(dialogues_path),
             "limit": limit,
             "generated": generate,
-            "model": getattr(generator, "model_id", None) if generator is not None else None,
+            "model": generator.model_id if generator is not None else None,
             "backend": (backend or settings.generator.backend) if generate else None,
             "policy": settings.dialogue.model_dump(
                 include={"answer_threshold", "clarify_threshold", "candidates", "select_margin",

@@ -1,11 +1,7 @@
-"""Retrieval evaluation: ``supportbot eval-retrieval`` and the knowledge-base cache other
-evaluations share.
+"""Retrieval evaluation: reading query files and scoring a retriever (``supportbot
+eval-retrieval`` runs it on a knowledge base ingested by ``bot/eval_kb.py``).
 
-``prepare_kb`` ingests a knowledge-base JSONL through the real path (``KnowledgeBase``: parse,
-chunk, embed, store, publish a snapshot) into a scratch data dir named by the content hash of the
-file and the embedding/chunking settings, so a second run with the same inputs skips embedding.
-
-``evaluate_retrieval`` runs every query (``queries_*.jsonl``) or every knowledge-seeking turn
+``score_retrieval`` runs every query (``queries_*.jsonl``) or every knowledge-seeking turn
 with its conversation (``dialogues_*.jsonl``, ``target: true``) through the hybrid retriever and,
 in the same run on the same snapshot, two baselines: dense only (MiniLM cosine of the query, for
 dialogues of the last ``history_turns`` turns plus the query, entity-unaware) and BM25 only (same
@@ -13,9 +9,7 @@ query text). A query counts as a hit at k when any of its gold documents is in t
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,80 +19,6 @@ import numpy as np
 from tqdm import tqdm
 
 from bot.core.errors import SupportbotError
-from bot.core.settings import Settings
-
-EVAL_BOT = "eval"
-MARKER = "ingest.json"
-
-
-@dataclass
-class PreparedKB:
-    """A knowledge base ingested into its scratch data dir. ``components`` serves it as bot
-    ``bot``; ``ingest`` holds the figures of the run that embedded it (``cached`` when this run
-    found it done)."""
-
-    components: Any
-    bot: str
-    data_dir: Path
-    ingest: dict[str, Any]
-
-
-def kb_cache_key(kb_path: Path, settings: Settings) -> str:
-    h = hashlib.sha256()
-    with open(kb_path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    # Only what changes the stored chunks or their vectors.
-    h.update(json.dumps([settings.embedder.model_dump(include={"model", "max_seq_length"}),
-                         settings.ingest.model_dump()], sort_keys=True).encode())
-    return h.hexdigest()[:20]
-
-
-def prepare_kb(
-    kb_path: Path,
-    settings: Settings,
-    progress: bool = True,
-    cache_root: Path | None = None,
-    **overrides: Any,
-) -> PreparedKB:
-    """Ingest ``kb_path`` once per content hash under ``cache_root`` (default
-    ``settings.data_dir / "eval-cache"``) and return components serving it. ``overrides`` go to
-    ``Components`` (e.g. ``embedder=`` an already loaded one)."""
-    from bot.components import Components
-
-    kb_path = Path(kb_path)
-    if not kb_path.is_file():
-        raise SupportbotError(f"{kb_path}: no such knowledge-base file")
-    root = Path(cache_root) if cache_root else settings.data_dir / "eval-cache"
-    data_dir = root / kb_cache_key(kb_path, settings)
-    scratch = settings.model_copy(update={"data_dir": data_dir, "database_url": ""})
-    comps = Components(scratch, **overrides)
-    marker = data_dir / MARKER
-    if marker.is_file() and comps.snapshots.latest_version(EVAL_BOT):
-        info = json.loads(marker.read_text())
-        if comps.snapshots.load(EVAL_BOT) is None:
-            # Index files from an older index format: rebuild them from the stored embeddings.
-            comps.knowledge.publish(EVAL_BOT, progress=progress)
-        return PreparedKB(comps, EVAL_BOT, data_dir, {**info, "cached": True})
-    t0 = time.perf_counter()
-    report = comps.knowledge.ingest(EVAL_BOT, [kb_path], progress=progress)
-    seconds = time.perf_counter() - t0
-    if report.errors:
-        raise SupportbotError(f"{kb_path}: " + "; ".join(report.errors[:5]))
-    documents = len(report.added) + len(report.replaced) + len(report.unchanged)
-    info = {
-        "documents": documents,
-        "chunks": report.chunks,
-        "seconds": round(seconds, 2),
-        # None when nothing needed embedding (the documents were stored by an interrupted run).
-        "documents_per_s": round(documents / seconds, 1) if seconds > 0 and report.chunks else None,
-        "embedder": getattr(comps.embedder, "model_id", type(comps.embedder).__name__),
-    }
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, marker)
-    return PreparedKB(comps, EVAL_BOT, data_dir, {**info, "cached": False})
-
 
 # ---- queries ---------------------------------------------------------------------------------
 
@@ -166,32 +86,24 @@ def _ms(times: list[float]) -> dict[str, float]:
     return {"latency_ms_p50": round(float(np.percentile(a, 50)), 2), "latency_ms_p95": round(float(np.percentile(a, 95)), 2)}
 
 
-def evaluate_retrieval(
-    kb_path: Path,
-    queries_path: Path | None = None,
-    dialogues_path: Path | None = None,
+def score_retrieval(
+    retriever,
+    embedder,
+    items: list[EvalQuery],
     k: int = 10,
-    settings: Settings | None = None,
-    limit: int | None = None,
+    history: int = 3,
     progress: bool = True,
-    prepared: PreparedKB | None = None,
 ) -> dict[str, Any]:
-    """Recall@1/5/10, MRR and latency of the hybrid retriever and the dense/BM25 baselines."""
-    if (queries_path is None) == (dialogues_path is None):
-        raise SupportbotError("give exactly one of queries_path or dialogues_path")
-    settings = settings or Settings()
-    kb = prepared or prepare_kb(Path(kb_path), settings, progress=progress)
-    path = Path(queries_path or dialogues_path)
-    items = list((read_queries if queries_path else read_dialogues)(path))[:limit]
+    """Recall@1/5/10/k, MRR and latency of ``retriever`` (a ``HybridRetriever``) on ``items``,
+    and, on the same snapshot, of the dense-only and BM25-only baselines over the query with the
+    last ``history`` turns (no entities, no fusion)."""
     if not items:
-        raise SupportbotError(f"{path}: no queries to evaluate")
-    retriever = kb.components.retriever(kb.bot)
+        raise SupportbotError("no queries to evaluate")
     view = retriever.view()
     if view is None:
-        raise SupportbotError(f"{kb_path}: nothing was indexed")
-    snap, embedder = view.snapshot, kb.components.embedder
+        raise SupportbotError("nothing was indexed")
+    snap = view.snapshot
     catalog = snap.catalog
-    history = settings.retrieval.history_turns
     depth = max(k, 10)
     ks = tuple(sorted({1, 5, 10, k}))
 
@@ -204,7 +116,6 @@ def evaluate_retrieval(
         times["hybrid"].append(time.perf_counter() - t0)
         ranks["hybrid"].append(_first_gold([h.doc_id for h in hits], item.gold))
 
-        # Baselines: the query with the last ``history`` turns, no entities, no fusion.
         text = " ".join([t.get("text", "") for t in item.turns[-history:] if history > 0] + [item.query])
         t0 = time.perf_counter()
         _, ids = snap.dense.search(embedder.embed([text]), depth)
@@ -216,19 +127,7 @@ def evaluate_retrieval(
         ranks["bm25"].append(_first_gold([catalog[int(i)].doc_id for i in ids], item.gold))
 
     result: dict[str, Any] = {**rank_metrics(ranks["hybrid"], ks), **_ms(times["hybrid"])}
-    query_desc = "query" if queries_path else f"last {history} turns + query"
     for name in ("dense", "bm25"):
-        result[name] = {**rank_metrics(ranks[name], ks), **_ms(times[name]), "query": query_desc}
-    result.update(
-        {
-            "k": k,
-            "kb": str(kb_path),
-            "queries" if queries_path else "dialogues": str(path),
-            "chunks": len(catalog),
-            "ingest_documents_per_s": kb.ingest.get("documents_per_s"),
-            "ingest_seconds": kb.ingest.get("seconds"),
-            "ingest_cached": kb.ingest.get("cached", False),
-            "embedder": kb.ingest.get("embedder"),
-        }
-    )
+        result[name] = {**rank_metrics(ranks[name], ks), **_ms(times[name])}
+    result.update({"k": k, "chunks": len(catalog)})
     return result

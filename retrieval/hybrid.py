@@ -206,7 +206,7 @@ class HybridRetriever:
         recent = texts[-self.settings.history_turns:] if self.settings.history_turns > 0 else []
         qv = self.embedder.embed([query])  # (1, d)
 
-        n = self.settings.candidates
+        n = self.settings.fusion_candidates
         pool: list[np.ndarray] = []
         _, ids = snap.dense.search(qv, n, allowed_ids=allowed)
         pool.append(ids[0])

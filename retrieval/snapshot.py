@@ -32,7 +32,9 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
 
 from bot.core.errors import IndexCorrupt, SupportbotError
 from bot.core.settings import IndexSettings
@@ -449,3 +451,31 @@ class LiveSnapshot:
             self.refresh()
         except Exception:  # a reload must never kill serving; the next interval retries
             log.exception("index reload of bot %r failed", self.bot)
+
+
+class StoredVectors:
+    """Passage vectors of the current index snapshot by chunk id, so a selector does not embed
+    passages again: ``stored(chunk_ids) -> (n, d)`` float32, or None when a chunk is not there.
+    ``snapshot_provider`` is ``LiveSnapshot.get`` (the vectors follow the published snapshot)."""
+
+    def __init__(self, snapshot_provider: Callable[[], "Snapshot | None"]):
+        self.snapshot_provider = snapshot_provider
+        self._snapshot = None
+        self._rows: dict[int, int] = {}
+        self._vecs = np.zeros((0, 0), np.float32)
+        self._lock = threading.Lock()
+
+    def __call__(self, chunk_ids: Sequence[int]) -> np.ndarray | None:
+        snap = self.snapshot_provider()
+        dense = getattr(snap, "dense", None)
+        if dense is None:
+            return None
+        with self._lock:
+            if snap is not self._snapshot:
+                ids, vecs = dense.vectors()
+                self._rows = {int(i): r for r, i in enumerate(ids)}
+                self._vecs, self._snapshot = vecs.astype(np.float32), snap
+            rows = [self._rows.get(int(i)) for i in chunk_ids]
+            if any(r is None for r in rows):
+                return None
+            return self._vecs[rows]

@@ -79,6 +79,41 @@ class Hit:
     source: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def entity(self) -> str:
+        """The entity the passage is about, as written: ``metadata["entity_name"]``, else the
+        title, else the document id."""
+        return str((self.metadata or {}).get("entity_name") or self.title or self.doc_id).strip()
+
+    @property
+    def entity_key(self) -> str:
+        """``entity`` lowercased, for comparing the entities of two passages."""
+        return self.entity.lower()
+
+    @property
+    def doc_type(self) -> str:
+        """``metadata["doc_type"]`` (``faq``, ``review``, ...) or ``""``."""
+        return str((self.metadata or {}).get("doc_type") or "")
+
+    @property
+    def question(self) -> str:
+        """The FAQ question of an FAQ entry (``metadata["question"]``), else ``""``."""
+        return str((self.metadata or {}).get("question") or "").strip()
+
+    @property
+    def faq_answer(self) -> str | None:
+        """The answer part of an FAQ entry, or ``None`` when the passage is not one:
+        ``metadata["answer"]``, else for a chunk marked FAQ (``kind`` / ``doc_type``) the text
+        after its question line."""
+        meta = self.metadata or {}
+        answer = str(meta.get("answer") or "").strip()
+        if answer:
+            return answer
+        if meta.get("kind") != "faq" and meta.get("doc_type") != "faq":
+            return None
+        _question, _, rest = str(self.text or "").strip().partition("\n")
+        return rest.strip() or None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "chunk_id": self.chunk_id,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bot.cross_selector import (
-    BUNDLED_CROSS, DETECTOR, META, PAIR_VERSION, CrossSelector, fits, pair_text, pool, read_meta,
+    BUNDLED_CROSS, DETECTOR, META, PAIR_VERSION, CrossSelector, pair_text, pool, read_meta,
 )
 from bot.core.errors import ConfigError
 from retrieval.types import Hit
@@ -98,8 +98,9 @@ def test_adapter_head_moves_every_score(tiny_base, tmp_path):
     assert low.probabilities(q, HITS)[[0, 1, 2, 4]].max() < 0.05
     assert high.probabilities(q, HITS)[[0, 1, 2, 4]].min() > 0.95
     # detection: nothing selected when no passage is likely, the pool when all are
-    assert low.select(q, HITS, max_sources=8) == []
-    assert [h.chunk_id for h in high.select(q, HITS, max_sources=8)] == [0, 1, 2, 4]
+    assert low.select(q, HITS, 8).passages == [] and low.select(q, HITS, 8).needs_knowledge is False
+    chosen = high.select(q, HITS, 8)
+    assert [h.chunk_id for h in chosen.passages] == [0, 1, 2, 4] and chosen.needs_knowledge is True
 
 
 def test_choose_applies_thresholds_cap_and_retriever_order(tiny_base, tmp_path):
@@ -111,7 +112,7 @@ def test_choose_applies_thresholds_cap_and_retriever_order(tiny_base, tmp_path):
     sel.select_threshold = 0.95
     assert sel.choose(p, 8) == [1]  # detected, none above the select threshold: the best one
     assert sel.choose(np.zeros(0, np.float32), 8) == []
-    assert sel.select("anything", [], max_sources=8) == []
+    assert sel.select("anything", [], 8).passages == []
 
 
 def test_detector_decides_whether_passages_are_scored(tiny_base, tmp_path):
@@ -123,7 +124,7 @@ def test_detector_decides_whether_passages_are_scored(tiny_base, tmp_path):
     never = write_cross(tmp_path / "never", tiny_base, bias=8.0, embedder=emb.model_id)
     np.savez(never / DETECTOR, w=np.zeros(64, np.float32), b=np.float32(-5.0), threshold=np.float32(0.5))
     sel = CrossSelector.load(never, embedder=emb)
-    assert sel.needs_knowledge(q) is False and sel.select(q, HITS, max_sources=8) == []
+    assert sel.needs_knowledge(q) is False and sel.select(q, HITS, 8).passages == []
     # one that says "needs knowledge": the best passage even when none reaches the thresholds
     always = write_cross(tmp_path / "always", tiny_base, bias=-8.0, embedder=emb.model_id)
     w = emb.embed([q])[0] * 10.0  # P(knowledge) = sigmoid(10 cos - 5): high for q itself only
@@ -131,7 +132,7 @@ def test_detector_decides_whether_passages_are_scored(tiny_base, tmp_path):
     sel = CrossSelector.load(always, embedder=emb)
     assert sel.needs_knowledge(q) is True and sel.needs_knowledge("zebra crossing") is False
     p = sel.probabilities(q, HITS)
-    assert [h.chunk_id for h in sel.select(q, HITS, max_sources=8)] == [int(np.argmax(p))]
+    assert [h.chunk_id for h in sel.select(q, HITS, 8).passages] == [int(np.argmax(p))]
     with pytest.raises(ConfigError, match="trained on embedder"):
         CrossSelector.load(always, embedder=HashingEmbedder(32))
     with pytest.raises(ConfigError, match="trained on embedder"):
@@ -158,21 +159,24 @@ def test_loading_errors_name_the_problem(tiny_base, tmp_path):
         CrossSelector.load(good)
 
 
-def test_load_selector_dispatches_folders_and_auto_checks_the_embedder(tiny_base, tmp_path):
-    from bot.selector import load_selector
+def test_build_selector_dispatches_folders_and_auto_checks_the_embedder(tiny_base, tmp_path):
+    from bot.core.settings import DialogueSettings
+    from bot.mlp_selector import BUNDLED, LearnedSelector
+    from bot.selection import RuleSelector, build_selector
     from retrieval.embedder import HashingEmbedder
 
     path = write_cross(tmp_path / "s", tiny_base, embedder="hashing-v1-64")
-    assert isinstance(load_selector(str(path), HashingEmbedder(64)), CrossSelector)
-    assert fits(path, HashingEmbedder(64)) and not fits(path, HashingEmbedder(32)) and not fits(path, None)
-    assert load_selector("auto", HashingEmbedder(64)) is None  # the bundled one is for MiniLM
+    assert isinstance(build_selector(DialogueSettings(selector=str(path)), HashingEmbedder(64)), CrossSelector)
+    with pytest.raises(ConfigError, match="trained on embedder"):
+        np.savez(path / DETECTOR, w=np.zeros(64, np.float32), b=np.float32(0.0), threshold=np.float32(0.5))
+        build_selector(DialogueSettings(selector=str(path)), HashingEmbedder(32))
+    # the bundled MLP is for MiniLM: with another embedder, "auto" is the rule
+    assert isinstance(build_selector(DialogueSettings(selector="auto"), HashingEmbedder(64)), RuleSelector)
     # For the MiniLM embedder, "auto" is the MLP: the DSTC11-trained cross-encoder and its detector
     # asked back on most questions about a general FAQ. The cross-encoder is chosen by name.
-    from bot.selector import BUNDLED, LearnedSelector
-
     with np.load(BUNDLED["dstc11"]) as data:
         minilm = type("MiniLM", (), {"model_id": json.loads(str(data["meta"]))["embedder"]})()
-    assert isinstance(load_selector("auto", minilm), LearnedSelector)
+    assert isinstance(build_selector(DialogueSettings(selector="auto"), minilm), LearnedSelector)
 
 
 def test_bundled_cross_selector_is_complete():
@@ -191,25 +195,24 @@ def test_bundled_cross_selector_is_complete():
     (1.01, 0.0, 0.0, "clarify", 0),  # retrieval alone would answer; the selector selects nothing
     (0.0, 1.1, 1.1, "handoff", 0),  # out of scope for retrieval: handed off whatever the selector says
 ])
-def test_dialogue_manager_lets_the_selector_decide(tiny_base, tmp_path, settings, detect, answer_at, clarify_at,
+def test_pipeline_lets_the_selector_decide(tiny_base, tmp_path, settings, detect, answer_at, clarify_at,
                                                    action, n_sources):
     from pathlib import Path
 
     from bot.components import Components
-    from bot.dialogue import DialogueManager
     from retrieval.embedder import HashingEmbedder
 
-    comps = Components(settings, embedder=HashingEmbedder(64))
+    comps = Components(settings, parts={"embedder": HashingEmbedder(64)})
     comps.knowledge.ingest("default", [Path(__file__).resolve().parent.parent / "samples" / "faq"], progress=False)
     path = write_cross(tmp_path / "s", tiny_base, detect=detect, select=0.0, k=25, entities=3)
-    dialogue_settings = settings.dialogue.model_copy(update={
+    settings.dialogue = settings.dialogue.model_copy(update={
         "selector": str(path), "answer_threshold": answer_at, "clarify_threshold": clarify_at,
         "max_sources": 3, "candidates": 4})
-    dm = DialogueManager(comps.conversations, comps.retriever("default"), None, dialogue_settings)
-    assert isinstance(dm.selector, CrossSelector)
-    hits = dm.retrieve("How long does a refund take?", [])
+    pipeline = comps.pipeline("default", with_generator=False)
+    assert isinstance(pipeline.selector, CrossSelector)
+    hits = pipeline.retrieve("How long does a refund take?", [])
     assert len(hits) > 4  # the selector's pool (k 25), not the policy's 4 candidates
-    decision, sources = dm.plan("How long does a refund take?", hits)
-    assert decision.action == action and len(sources) == n_sources
+    plan = pipeline.plan("How long does a refund take?", hits)
+    assert plan.decision.action == action and len(plan.sources) == n_sources
     # a request for a person is handed off whatever the selector says
-    assert dm.plan("can I talk to a human please", hits)[0].action == "handoff"
+    assert pipeline.plan("can I talk to a human please", hits).decision.action == "handoff"

@@ -8,11 +8,15 @@ from pathlib import Path
 import pytest
 
 from bot.components import Components
-from bot.dialogue import DialogueManager, answer_once
+from bot.dialogue import DialogueManager
+from bot.generators.base import GenerationStream
+from bot.generators.extractive_generator import ExtractiveGenerator
+from bot.pipeline import TurnPipeline
+from bot.selection import RuleSelector, build_selector
 from bot.core.errors import NotFound, SupportbotError
 from bot.core.events import text as joined_text
 from bot.generators.extractive_generator import unwrap
-from bot.policy import ANSWER, CLARIFY, DIRECT, HANDOFF, Decision, decide, direct_source, select_sources, wants_human
+from bot.policy import ANSWER, CLARIFY, HANDOFF, Decision, decide, direct_source, wants_human
 from bot.core.settings import DialogueSettings
 from retrieval.embedder import HashingEmbedder
 from retrieval.types import Hit
@@ -38,14 +42,20 @@ class ScriptedGenerator:
 
     def stream(self, messages, **params):
         self.prompts.append(messages)
-        try:
-            for i, piece in enumerate(self.pieces):
-                if self.fail_after is not None and i == self.fail_after:
-                    raise RuntimeError("backend exploded")
-                yield piece
-        except GeneratorExit:
-            self.closed += 1
-            raise
+
+        def pieces(handle):
+            handle.usage["prompt_tokens"] = sum(self.count_tokens(m["content"]) for m in messages)
+            try:
+                for i, piece in enumerate(self.pieces):
+                    if self.fail_after is not None and i == self.fail_after:
+                        raise RuntimeError("backend exploded")
+                    handle.usage["completion_tokens"] += self.count_tokens(piece)
+                    yield piece
+            except GeneratorExit:
+                self.closed += 1
+                raise
+
+        return GenerationStream(pieces, self.model_id)
 
 
 class SpyRetriever:
@@ -72,7 +82,7 @@ def comps(request, settings):
     overrides = {"embedder": HashingEmbedder(dim=256)}
     if request.param == "postgres":
         overrides["db"] = request.getfixturevalue("pg_database")
-    c = Components(settings, **overrides)
+    c = Components(settings, parts=overrides)
     report = c.knowledge.ingest("default", [SAMPLE_FAQ], progress=False)
     assert report.errors == []
     return c
@@ -80,14 +90,16 @@ def comps(request, settings):
 
 @pytest.fixture
 def sqlite_comps(settings):
-    c = Components(settings, embedder=HashingEmbedder(dim=256))
+    c = Components(settings, parts={"embedder": HashingEmbedder(dim=256)})
     c.knowledge.ingest("default", [SAMPLE_FAQ], progress=False)
     return c
 
 
 def manager(comps, generator, retriever=None, **kw) -> DialogueManager:
-    return DialogueManager(comps.conversations, retriever or comps.retriever("default"), generator,
-                           dialogue_settings(**kw))
+    settings = dialogue_settings(**kw)
+    pipeline = TurnPipeline(retriever or comps.retriever("default"), build_selector(settings, comps.embedder),
+                            generator, ExtractiveGenerator(), settings)
+    return DialogueManager(comps.conversations, pipeline, settings)
 
 
 def new_conversation(comps) -> str:
@@ -147,7 +159,7 @@ def test_uncited_answer_lists_every_source_it_was_grounded_in(sqlite_comps):
 
 
 def test_handoff_when_retrieval_finds_nothing(settings):
-    comps = Components(settings, embedder=HashingEmbedder(dim=256))  # nothing ingested
+    comps = Components(settings, parts={"embedder": HashingEmbedder(dim=256)})  # nothing ingested
     gen = ScriptedGenerator()
     dm = manager(comps, gen)
     cid = new_conversation(comps)
@@ -261,10 +273,15 @@ def test_broken_retriever_hands_off_instead_of_crashing(sqlite_comps):
     assert events[1].data["reason"] == "retrieval_error"
 
 
-def test_answer_once_with_components(sqlite_comps, settings):
-    sqlite_comps._overrides["generator"] = ScriptedGenerator()
+def test_components_wire_the_served_generator_into_the_dialogue(settings):
     settings.dialogue.answer_threshold = 0.0
-    events = list(answer_once(sqlite_comps, None, REFUND_Q))
+    settings.dialogue.direct_answer_threshold = 1.1
+    gen = ScriptedGenerator()
+    comps = Components(settings, parts={"embedder": HashingEmbedder(dim=256), "generator": gen})
+    comps.knowledge.ingest("default", [SAMPLE_FAQ], progress=False)
+    assert isinstance(comps.selector(), RuleSelector), "auto: the bundled MLP is for MiniLM only"
+    events = list(comps.dialogue().respond(new_conversation(comps), REFUND_Q))
+    assert len(gen.prompts) == 1 and events[0].data["model"] == "scripted-v1"
     assert events[0].type == "meta" and events[-1].type == "done"
     assert joined_text(events).endswith("[1].")
 
@@ -305,14 +322,14 @@ def test_a_looping_or_source_listing_reply_is_cut_and_stored_as_shown(sqlite_com
     assert sqlite_comps.conversations.history(cid)[1]["text"] == "Refunds take 5 days [1].\n"
     assert gen.closed == 1, "generation stopped at the repeat"
 
-    class Listing(ScriptedGenerator):
-        def stream(self, messages, **params):
-            self.params = params
-            return super().stream(messages, **params)
-
-    gen = Listing()
-    list(manager(sqlite_comps, gen).respond(new_conversation(sqlite_comps), REFUND_Q))
-    assert "\n[" in gen.params["stop"], "a new line starting a source header ends the reply"
+    # a new line starting a source header ends the reply (the default dialogue.stop), and the
+    # backend is stopped there
+    gen = ScriptedGenerator(pieces=("Refunds take 5 days [1].", "\n", "[2] Shipping", ": rates", " more"))
+    cid = new_conversation(sqlite_comps)
+    events = list(manager(sqlite_comps, gen).respond(cid, REFUND_Q))
+    assert joined_text(events) == "Refunds take 5 days [1]."
+    assert sqlite_comps.conversations.history(cid)[1]["text"] == "Refunds take 5 days [1]."
+    assert gen.closed == 1
 
 
 # ---- the policy alone -----------------------------------------------------------------------
@@ -334,7 +351,6 @@ def test_direct_source_needs_an_answer_decision_a_confident_top_hit_and_an_faq_e
     assert direct_source(answer, [faq, page], s, selected=[faq]) is faq
     assert direct_source(answer, [faq, page], s, selected=[faq, page]) is None
     assert direct_source(answer, [faq, page], s, selected=[]) is None
-    assert DIRECT == "direct"
 
 
 def hit(i, score, conf, entity="A") -> Hit:
@@ -351,18 +367,24 @@ def test_decide_thresholds():
     assert decide("please transfer me to an agent", [hit(1, 2.0, 0.99)], s).reason == "requested"
 
 
-def test_select_sources_margin_entity_and_cap():
+def test_rule_selector_margin_entity_and_cap():
     hits = [hit(1, 3.0, 0.9), hit(2, 2.8, 0.8), hit(3, 2.6, 0.7, entity="B"), hit(4, 1.0, 0.2),
             hit(5, 0.0, 0.1)]
     s = DialogueSettings(select_margin=0.3, select_same_entity=True, max_sources=4)
     # spread 3.0, floor 3.0 - 0.9 = 2.1: hits 1-3 qualify, 3 is another entity
-    assert [h.chunk_id for h in select_sources(hits, s)] == [1, 2]
+    def chosen(settings, k=None):
+        selection = RuleSelector(settings).select("q", hits, settings.max_sources if k is None else k)
+        assert selection.needs_knowledge is None, "the rule does not judge whether a turn needs knowledge"
+        return [h.chunk_id for h in selection.passages]
+
+    assert chosen(s) == [1, 2]
     s2 = DialogueSettings(select_margin=0.3, select_same_entity=False, max_sources=2)
-    assert [h.chunk_id for h in select_sources(hits, s2)] == [1, 2]
+    assert chosen(s2) == [1, 2]
     s3 = DialogueSettings(select_margin=1.0, select_same_entity=False, max_sources=10,
                           select_min_confidence=0.15)
-    assert [h.chunk_id for h in select_sources(hits, s3)] == [1, 2, 3, 4]
-    assert select_sources([], s) == []
+    assert chosen(s3) == [1, 2, 3, 4]
+    assert chosen(s3, k=3) == [1, 2, 3]
+    assert RuleSelector(s).select("q", [], 4).passages == []
 
 
 def test_wants_human():
@@ -389,7 +411,7 @@ def test_real_tiny_gpt_streams_and_its_usage_is_stored(sqlite_comps, tiny_lm_dir
     assert 1 <= bot["completion_tokens"] <= 12
     # the prompt tokens are the chat-templated prompt, counted by the model's own tokenizer
     rendered = gen.tokenizer.apply_chat_template(
-        dm.prompt(REFUND_Q, select_sources(dm.retrieve(REFUND_Q, []), dm.settings), []),
+        dm.pipeline.prompt(REFUND_Q, dm.pipeline.plan(REFUND_Q, dm.pipeline.retrieve(REFUND_Q, [])).sources, []),
         tokenize=False, add_generation_prompt=True,
     )
     assert bot["prompt_tokens"] == len(gen.tokenizer(rendered, add_special_tokens=False)["input_ids"])

@@ -157,8 +157,9 @@ def test_run_eval_end_to_end_with_extractive_replies(settings, tiny_split):
     settings.dialogue.direct_answer_threshold = 1.1  # the backend writes every reply (timed)
     settings.generator.backend = "extractive"
     gen = build_generator(settings.generator, settings.data_dir)
-    comps = Components(settings, embedder=HashingEmbedder(dim=256), generator=gen)
-    report = run_eval(settings, kb, dialogues, progress=False, components=comps, out_of_scope=False)
+    comps = Components(settings, parts={"embedder": HashingEmbedder(dim=256)})
+    report = run_eval(settings, kb, dialogues, progress=False, components=comps, generator=gen,
+                      out_of_scope=False)
     assert report["direct_answer_rate"] == 0.0
     # t1: tp 1; t2: tp 1, fn 1 (the second gold id); n1 (needs no knowledge, answered because the
     # thresholds are 0): its one source is a false positive -> P 2/3, R 2/3
@@ -190,8 +191,9 @@ def test_direct_faq_replies_are_scored_but_not_timed(settings, tiny_split, tiny_
     settings.dialogue.direct_answer_threshold = 0.0  # every answered turn's top hit is an FAQ entry
     settings.generator.model = str(tiny_lm_dir)
     gen = build_generator(settings.generator, settings.data_dir)
-    comps = Components(settings, embedder=HashingEmbedder(dim=256), generator=gen)
-    report = run_eval(settings, kb, dialogues, progress=False, components=comps, out_of_scope=False)
+    comps = Components(settings, parts={"embedder": HashingEmbedder(dim=256)})
+    report = run_eval(settings, kb, dialogues, progress=False, components=comps, generator=gen,
+                      out_of_scope=False)
     assert report["direct_answer_rate"] == 1.0 and report["n_generated"] == 2
     # t1's reply is the gold FAQ's own answer plus " [1]"
     assert report["rouge1"] > (14 / 15) / 2

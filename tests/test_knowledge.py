@@ -16,8 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE_FAQ = REPO / "samples" / "faq"
 
 
-def make_components(settings, **overrides) -> Components:
-    return Components(settings, embedder=HashingEmbedder(dim=128), **overrides)
+def make_components(settings, **parts) -> Components:
+    return Components(settings, parts={"embedder": HashingEmbedder(dim=128), **parts})
 
 
 def counts(db) -> tuple[int, int]:
@@ -134,8 +134,7 @@ def test_reindex_rebuilds_from_database(settings, tmp_path):
     comps.knowledge.ingest("default", [SAMPLE_FAQ])
     v1 = comps.snapshots.latest_version("default")
     # Another embedder: every chunk is re-embedded and the index rebuilt from the rows.
-    other = make_components(settings)
-    other._overrides["embedder"] = HashingEmbedder(dim=64)
+    other = make_components(settings, embedder=HashingEmbedder(dim=64))
     v2 = other.knowledge.reindex("default")
     assert v2 > v1
     snap = other.snapshots.load("default")

@@ -8,7 +8,8 @@ import pytest
 from bot.core.errors import SupportbotError
 from bot.core.settings import Settings
 from retrieval.embedder import HashingEmbedder
-from retrieval.evaluate import evaluate_retrieval, prepare_kb, rank_metrics
+from bot.eval_kb import evaluate_retrieval, prepare_kb
+from retrieval.evaluate import rank_metrics
 
 KB = [
     {"id": "h:0:faq:0", "title": "ALLENBELL", "question": "Is there free parking?",

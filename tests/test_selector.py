@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bot.core.errors import ConfigError
-from bot.selector import BUNDLED, FEATURE_VERSION, N_SCALAR, LearnedSelector, features
+from bot.mlp_selector import BUNDLED, FEATURE_VERSION, N_SCALAR, LearnedSelector, features
 from retrieval.embedder import HashingEmbedder
 from retrieval.types import Hit
 
@@ -51,14 +51,14 @@ def test_selects_by_probability_and_keeps_retriever_order(tmp_path):
     sel = LearnedSelector.load(str(write_selector(tmp_path / "s.npz", emb)), emb)
     hits = [hit(0, "the pool opens at nine"), hit(1, "parking is free for guests"),
             hit(2, "guests said parking is free and easy"), hit(3, "the staff were friendly")]
-    chosen = sel.select("parking is free for guests", hits, max_sources=4)
-    assert [h.chunk_id for h in chosen] == [1, 2]
+    chosen = sel.select("parking is free for guests", hits, 4)
+    assert [h.chunk_id for h in chosen.passages] == [1, 2] and chosen.needs_knowledge is None
     p = sel.probabilities("parking is free for guests", hits)
     assert p[1] > 0.99 and p[0] < 0.5 and p[3] < 0.5
-    assert [h.chunk_id for h in sel.select("parking is free for guests", hits, max_sources=1)] == [1]
+    assert [h.chunk_id for h in sel.select("parking is free for guests", hits, 1).passages] == [1]
     # nothing above the threshold: still the best one, so an answer is never groundless
-    assert [h.chunk_id for h in sel.select("zebra", hits[:1], max_sources=4)] == [0]
-    assert sel.select("anything", [], max_sources=4) == []
+    assert [h.chunk_id for h in sel.select("zebra", hits[:1], 4).passages] == [0]
+    assert sel.select("anything", [], 4).passages == []
 
 
 def test_load_refuses_another_embedder_and_bad_files(tmp_path):
@@ -78,30 +78,34 @@ def test_bundled_selector_is_readable():
 
 
 def test_auto_uses_the_bundled_selector_only_for_its_embedder(tmp_path):
-    from bot.selector import load_selector
+    from bot.core.settings import DialogueSettings
+    from bot.selection import RuleSelector, build_selector
 
-    assert load_selector("", HashingEmbedder(DIM)) is None
-    assert load_selector("auto", HashingEmbedder(DIM)) is None  # trained for MiniLM, not this one
-    assert load_selector("auto", None) is None
+    def build(name, emb):
+        return build_selector(DialogueSettings(selector=name), emb)
+
+    assert isinstance(build("", HashingEmbedder(DIM)), RuleSelector)
+    assert isinstance(build("auto", HashingEmbedder(DIM)), RuleSelector)  # trained for MiniLM, not this one
+    assert isinstance(build("auto", None), RuleSelector)
     path = write_selector(tmp_path / "s.npz", HashingEmbedder(DIM))
-    assert isinstance(load_selector(str(path), HashingEmbedder(DIM)), LearnedSelector)
+    assert isinstance(build(str(path), HashingEmbedder(DIM)), LearnedSelector)
     with pytest.raises(ConfigError):
-        load_selector(str(path), HashingEmbedder(32))
+        build(str(path), HashingEmbedder(32))
 
 
 def test_stored_vectors_from_the_snapshot_give_the_same_selection(settings, tmp_path):
     from pathlib import Path
 
     from bot.components import Components
-    from bot.selector import SnapshotVectors
+    from retrieval.snapshot import StoredVectors
 
     emb = HashingEmbedder(DIM)
-    comps = Components(settings, embedder=emb)
+    comps = Components(settings, parts={"embedder": emb})
     comps.knowledge.ingest("default", [Path(__file__).resolve().parent.parent / "samples" / "faq"],
                            progress=False)
     retriever = comps.retriever("default")
     hits = retriever.search("How long does a refund take?", k=8)
-    stored = SnapshotVectors(retriever)
+    stored = StoredVectors(comps.live("default").get)
     vecs = stored([h.chunk_id for h in hits])
     # the vectors the knowledge base stored for those chunks (what the selector was trained on)
     from sqlalchemy import select

@@ -45,28 +45,29 @@ def setup(settings, tmp_path, tiny_lm_dir):
     settings.generator.model = str(tiny_lm_dir)
     settings.generator.device = "cpu"
     settings.generator.max_new_tokens = 12
-    comps = Components(settings, embedder=HashingEmbedder(dim=256))
+    comps = Components(settings, parts={"embedder": HashingEmbedder(dim=256)})
     return settings, comps, kb, dialogues
 
 
 def test_gate_promotes_the_better_model_and_refuses_a_worse_one(setup, tmp_path, tiny_lm_dir):
     from tiny_models import build_tiny_causal_lm
 
-    from bot.dialogue import DialogueManager
-    from retrieval.evaluate import EVAL_BOT
+    from bot.eval_kb import EVAL_BOT
+    from bot.evaluate import run_eval
     from training.finetune import finetune
     from training.importers import import_transcripts
     from training.pii import PIIScrubber
     from training.promotion import promote
-    from training.registry import ModelRegistry, current_model
+    from bot.generators.following import current_model
+    from training.registry import ModelRegistry
     from training.sft_dataset import RetrievedSources, build_examples, write_dataset
 
     settings, comps, kb, dialogues = setup
     # Training prompts built exactly as the evaluated bot builds them.
     comps.knowledge.ingest(EVAL_BOT, [kb], progress=False)
-    dm = DialogueManager(None, comps.retriever(EVAL_BOT), None, settings.dialogue)
+    pipeline = comps.pipeline(EVAL_BOT, with_generator=False)
     transcripts, _ = import_transcripts([dialogues], PIIScrubber())
-    examples = list(build_examples(transcripts, settings.dialogue, RetrievedSources(dm)))
+    examples = list(build_examples(transcripts, settings.dialogue, RetrievedSources(pipeline)))
     assert [e.sources for e in examples] == [["h:1:faq:0"], ["h:2:faq:0"]]
     write_dataset(tmp_path / "ds", examples, examples, {"sources": "retrieve"})
     tuned = tmp_path / "tuned"
@@ -75,14 +76,18 @@ def test_gate_promotes_the_better_model_and_refuses_a_worse_one(setup, tmp_path,
              eval_every=40, warmup_ratio=0.0)
 
     reg = ModelRegistry(settings.data_dir)
-    good = promote(reg, tuned, settings, kb, dialogues, progress=False, components=comps)
+
+    def evaluate(*args, **kw):  # supportbot eval on these components' knowledge base
+        return run_eval(*args, components=comps, **kw)
+
+    good = promote(reg, tuned, settings, kb, dialogues, progress=False, eval_fn=evaluate)
     assert good.promoted, good
     assert good.candidate_metrics["rougeL"] > 0.8 > good.serving_metrics["rougeL"]
     assert good.candidate_metrics["selection_f1"] == good.serving_metrics["selection_f1"] == 1.0
     served = current_model(settings.data_dir)
 
     worse = build_tiny_causal_lm(tmp_path / "random", seed=7)
-    bad = promote(reg, worse, settings, kb, dialogues, progress=False, components=comps)
+    bad = promote(reg, worse, settings, kb, dialogues, progress=False, eval_fn=evaluate)
     assert not bad.promoted and bad.reasons and bad.reasons[0].startswith("rougeL would drop")
     assert bad.serving_metrics["rougeL"] == pytest.approx(good.candidate_metrics["rougeL"])
     assert current_model(settings.data_dir) == served

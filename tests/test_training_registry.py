@@ -9,7 +9,8 @@ import pytest
 from bot.core.errors import NotFound, SupportbotError
 from training.model_card import read_card, write_card
 from training.promotion import compare, promote
-from training.registry import FollowingGenerator, ModelRegistry, current_model
+from bot.generators.following import FollowingGenerator, current_model
+from training.registry import ModelRegistry
 
 
 def _model(path, name="m"):
@@ -152,11 +153,11 @@ def test_following_generator_switches_without_restart(tmp_path):
 
 
 def test_following_generator_polls_at_most_every_interval(tmp_path, monkeypatch):
-    import training.registry as registry
+    import bot.generators.following as following
 
     calls = []
-    real = registry.current_model
-    monkeypatch.setattr(registry, "current_model", lambda d: calls.append(1) or real(d))
+    real = following.current_model
+    monkeypatch.setattr(following, "current_model", lambda d: calls.append(1) or real(d))
     gen = FollowingGenerator(Scripted, tmp_path, poll_interval_s=3600)
     for _ in range(5):
         "".join(gen.stream([]))
@@ -166,7 +167,7 @@ def test_following_generator_polls_at_most_every_interval(tmp_path, monkeypatch)
 def test_following_generator_on_the_hf_backend(tiny_lm_dir, settings, tmp_path):
     from tiny_models import build_tiny_causal_lm
 
-    from training.registry import following_generator
+    from bot.generators.following import following_generator
 
     gs = settings.generator.model_copy(update={"model": str(tiny_lm_dir), "device": "cpu",
                                                "dtype": "float32", "max_new_tokens": 6})

@@ -157,7 +157,7 @@ def test_malformed_json_is_a_400_and_stores_nothing(components, client, visitor)
 
 
 def test_too_long_message_is_refused(app, visitor):
-    limit = app.extensions["supportbot"].settings.web.max_message_chars
+    limit = app.extensions["supportbot"].settings.dialogue.max_message_chars
     r = visitor.ask("x" * (limit + 1))
     assert r.status_code == 400
     assert f"max {limit}" in error_of(r)

@@ -22,6 +22,21 @@ SAMPLE_FAQ = REPO / "samples" / "faq"
 ORIGIN = "https://shop.example"
 
 
+def as_stream(generator, messages, pieces):
+    """``pieces`` as the Generator contract's ``GenerationStream`` (bot/generators/base.py), with
+    usage counted as they are produced: the dialogue reads ``usage`` off the stream it gets."""
+    from bot.generators.base import GenerationStream
+
+    def run(handle):
+        handle.usage["prompt_tokens"] = sum(generator.count_tokens(m["content"]) for m in messages)
+        for piece in pieces:
+            handle.usage["completion_tokens"] += generator.count_tokens(piece)
+            yield piece
+        handle.finish_reason = "stop"
+
+    return GenerationStream(run, generator.model_id)
+
+
 class ScriptedGenerator:
     """A real Generator (``stream(messages)``) that needs no model: it quotes source [1]."""
 
@@ -41,6 +56,9 @@ class ScriptedGenerator:
         return len(text.split())
 
     def stream(self, messages, **params):
+        return as_stream(self, messages, self._pieces(messages))
+
+    def _pieces(self, messages):
         # The prompt builder puts the numbered sources in the last user turn, before the question.
         last = messages[-1]["content"].split("\n\nQuestion: ")[0] if messages else ""
         found = re.search(r"\[1\][^:\n]*:\s*(.+)", last, re.S)
@@ -55,7 +73,41 @@ class ScriptedGenerator:
         yield " [1]"
 
 
-def make_settings(tmp_path: Path, **web):
+class CannedGenerator:
+    """A real Generator that streams a fixed reply, in exactly the pieces given, for replies no
+    source contains (Markdown, markup). The reply is the one whose key occurs in the question
+    (case-insensitive): ``CannedGenerator({"tent": ["Pitch it **fl", "at** [1]"]})``."""
+
+    model_id = "canned"
+    tokenizer = None
+
+    def __init__(self, replies: dict[str, list[str]], default: str = "I do not know.", delay_s: float = 0.0):
+        self.replies = replies
+        self.default = [default]
+        self.delay_s = delay_s
+        self.last_usage = None
+
+    def load(self) -> "CannedGenerator":
+        return self
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def stream(self, messages, **params):
+        return as_stream(self, messages, self._pieces(messages))
+
+    def _pieces(self, messages):
+        # The prompt builder ends the last user turn with "Question: <the visitor's message>".
+        question = messages[-1]["content"].rsplit("Question: ", 1)[-1].lower() if messages else ""
+        pieces = next((p for key, p in self.replies.items() if key.lower() in question), self.default)
+        for piece in pieces:
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            yield piece
+
+
+def make_settings(tmp_path: Path, dialogue: dict | None = None, **web):
+    """``dialogue``: settings that replace the test defaults (e.g. ``direct_answer_threshold``)."""
     from bot.core.settings import Settings
 
     web = {"rate_limit_ip": "10000 per minute", "rate_limit_visitor": "1000 per minute",
@@ -64,7 +116,7 @@ def make_settings(tmp_path: Path, **web):
         data_dir=tmp_path / "var",
         embedder={"model": "hashing"},
         generator={"backend": "extractive"},
-        dialogue={"answer_threshold": 0.0, "clarify_threshold": 0.0},
+        dialogue={"answer_threshold": 0.0, "clarify_threshold": 0.0, **(dialogue or {})},
         web=web,
     )
 
@@ -72,7 +124,7 @@ def make_settings(tmp_path: Path, **web):
 def make_components(settings, generator=None, ingest: bool = True):
     from bot.components import Components
 
-    comps = Components(settings, generator=generator or ScriptedGenerator())
+    comps = Components(settings, parts={"generator": generator or ScriptedGenerator()})
     if ingest:
         comps.knowledge.ingest(settings.default_bot, [SAMPLE_FAQ])
     return comps
@@ -157,6 +209,6 @@ def visitor(client, site_key):
 
 
 __all__ = [
-    "ScriptedGenerator", "Visitor", "events_of", "make_settings", "make_components", "ORIGIN",
+    "ScriptedGenerator", "CannedGenerator", "Visitor", "events_of", "make_settings", "make_components", "ORIGIN",
     "SAMPLE_FAQ", "Event", "web_settings", "components", "app", "client", "site_key", "visitor",
 ]

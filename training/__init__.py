@@ -7,6 +7,6 @@ Pipeline (each step a module, each usable alone; ``training.cli`` wires them to 
   sft_dataset   one example per agent turn, prompted by ``bot.prompting.build_messages``; reply-only loss
   trainer       ``Trainer.fit()``: accelerate loop with checkpoints, resume, early stopping, TensorBoard
   finetune      base model (+LoRA) -> Trainer -> merged export + ``model_card``
-  registry      ``data_dir/models/CURRENT`` pointer, ``current_model``, ``FollowingGenerator``
+  registry      ``data_dir/models/CURRENT`` pointer, ``ModelRegistry`` (the read side, ``current_model`` and ``FollowingGenerator``, is bot/generators/following.py)
   promotion     the gate: candidate vs serving model on the same dev dialogues (``bot.evaluate``)
 """

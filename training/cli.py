@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from bot.cli_context import components
 from bot.core.errors import ConfigError, SupportbotError
 
 
@@ -51,8 +52,6 @@ def _import(ctx, sources, from_store, skip_invalid, csv_columns, pii_patterns, p
         raise SupportbotError("give transcript files, --from-store, or both")
     db = None
     if from_store:
-        from bot.cli import components
-
         db = components(ctx).db
     transcripts, report = import_transcripts(
         sources, _scrubber(settings, pii_patterns, phone_regions), csv_columns=cols, db=db,
@@ -105,18 +104,14 @@ def _source_fn(ctx, mode: str, kb: Path | None):
         if kb is None:
             raise SupportbotError("--sources gold needs --kb (the knowledge-base JSONL the doc ids refer to)")
         return GoldSources.from_jsonl(kb)
-    from bot.cli import components
-    from bot.dialogue import DialogueManager
-
     comps = components(ctx)
     if not comps.knowledge.documents(ctx.obj["bot"]):
         raise SupportbotError(
             f"bot {ctx.obj['bot']!r} has no documents to retrieve from: run `supportbot ingest` first, "
             "or use --sources gold --kb FILE or --sources none"
         )
-    # Retrieval and source selection exactly as the dialogue manager serves them.
-    dm = DialogueManager(None, comps.retriever(ctx.obj["bot"]), None, comps.settings.dialogue)
-    return RetrievedSources(dm)
+    # Retrieval and source selection exactly as the bot serves them.
+    return RetrievedSources(comps.pipeline(ctx.obj["bot"], with_generator=False))
 
 
 @click.command("build-dataset")
@@ -223,13 +218,14 @@ def train(ctx, dataset, base, out, method, epochs, max_steps, lr, batch_size, gr
 @click.pass_context
 def promote_cmd(ctx, candidate, kb, dialogues, limit, force, tolerance):
     """Serve CANDIDATE if its reply ROUGE-L and selection F1 are not below the serving model's."""
+    from bot.evaluate import run_eval
     from training.promotion import GATE_METRICS, REPORTED, promote
     from training.registry import ModelRegistry
 
     settings = ctx.obj["settings"]
     tol = settings.training.gate_tolerance if tolerance is None else tolerance
     result = promote(ModelRegistry(settings.data_dir), candidate, settings, kb, dialogues, force=force,
-                     limit=limit, tolerance=tol)
+                     limit=limit, tolerance=tol, eval_fn=run_eval)
     if result.candidate_metrics:
         click.echo(f"{'metric':<22}{'serving':>12}{'candidate':>12}")
         for k in REPORTED:

@@ -1,11 +1,11 @@
 """The promotion gate: a candidate model is served only if it is not worse than the serving one.
 
 ``promote(registry, candidate, ...)`` evaluates the candidate and the serving model with the same
-evaluation (``bot.evaluate.run_eval``: retrieval, decision, selection and generation on the same
+evaluation (``supportbot eval``, passed in as ``eval_fn``: retrieval, decision, selection and generation on the same
 dev dialogues and knowledge base) and points ``CURRENT`` at the candidate only when none of
 ``GATE_METRICS`` (reply ROUGE-L, knowledge-selection F1) drops by more than ``tolerance``.
 ``force`` switches without the comparison. Serving processes follow the pointer
-(``training.registry.FollowingGenerator``).
+(``bot.generators.following.FollowingGenerator``).
 """
 from __future__ import annotations
 
@@ -62,12 +62,12 @@ def promote(
     tolerance: float = 0.0,
     eval_fn: Callable[..., dict[str, Any]] | None = None,
     progress: bool = True,
-    components=None,
 ) -> GateResult:
     """Evaluate candidate and serving model on the same dialogues; switch when the gate passes.
 
-    ``eval_fn`` defaults to ``bot.evaluate.run_eval`` (same signature). With ``force`` and no
-    dialogues the switch happens without any evaluation.
+    ``eval_fn(settings, kb, dialogues, model=, backend=, limit=, progress=)`` returns the report of
+    ``supportbot eval`` (the app tier passes ``bot.evaluate.run_eval``); it is needed unless
+    ``force`` switches without dialogues, with no evaluation.
     """
     cand_path = registry.resolve(candidate)
     cur = registry.current()
@@ -81,8 +81,8 @@ def promote(
             raise SupportbotError("the promotion gate needs --kb and --dialogues (or --force)")
     else:
         if eval_fn is None:
-            from bot.evaluate import run_eval as eval_fn
-        common = dict(limit=limit, progress=progress, components=components)
+            raise SupportbotError("the promotion gate needs an evaluation function (eval_fn)")
+        common = dict(limit=limit, progress=progress)
         # The gate compares models: every answered turn is generated (direct FAQ replies, the same
         # whichever model serves, would only dilute the difference).
         gated = settings.model_copy(update={

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
+from bot.pipeline import TurnPipeline
 from bot.prompting import build_messages
 from bot.core.settings import DialogueSettings
 from training.importers import Transcript
@@ -62,16 +63,16 @@ class GoldSources:
 
 
 class RetrievedSources:
-    """The sources the serving path would ground this turn in: the dialogue manager's own
-    ``retrieve`` (same candidates, same earlier turns) and ``select`` (learned selector or rule).
+    """The sources the serving path would ground this turn in: the turn pipeline's own
+    ``retrieve`` (same candidates, same earlier turns) and ``select`` (the configured selector).
     Selected whatever the decision: the agent answered this turn, so it is an answer to learn."""
 
-    def __init__(self, dialogue_manager):
-        self.dm = dialogue_manager
+    def __init__(self, pipeline: TurnPipeline):
+        self.pipeline = pipeline
 
     def __call__(self, message: str, turns: Sequence[dict], turn: dict) -> list:
-        hits = self.dm.retrieve(message, turns)
-        return self.dm.select(message, hits)
+        hits = self.pipeline.retrieve(message, turns)
+        return self.pipeline.select(message, hits).passages
 
 
 def build_examples(

@@ -69,8 +69,7 @@ def create_app(
         tokens=VisitorTokens(app.config["SECRET_KEY"], ws.visitor_token_ttl_s,
                              ws.visitor_refresh_max_age_s),
         # Progress goes to the database only when another worker process may serve a resume.
-        answers=Answers(db, components.conversations.update_message,
-                        ws.resume_persist_s if ws.workers > 1 else None),
+        answers=Answers(components.conversations, ws.resume_persist_s if ws.workers > 1 else None),
         demo_site_key=demo_site_key,
     )
 

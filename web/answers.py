@@ -22,14 +22,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
-from sqlalchemy import select
-
+from bot.conversations import ConversationStore
 from bot.core.errors import NotFound, SupportbotError
 from bot.core.events import Event
-from bot.core.store import Database
-from bot.core.store.models import Message
 
 log = logging.getLogger(__name__)
 
@@ -137,14 +134,12 @@ class Answers:
 
     def __init__(
         self,
-        db: Database,
-        update_message: Callable[..., None],
+        conversations: ConversationStore,
         persist_every_s: float | None = 1.0,
         stale_after_s: float = 120.0,
         poll_s: float = 0.25,
     ):
-        self.db = db
-        self._update_message = update_message  # ConversationStore.update_message
+        self.conversations = conversations
         self.persist_every_s = persist_every_s
         self.stale_after_s = stale_after_s
         self.poll_s = poll_s
@@ -193,7 +188,7 @@ class Answers:
 
     def _persist(self, message_id: int, **fields) -> None:
         try:
-            self._update_message(message_id, **fields)
+            self.conversations.update_message(message_id, **fields)
         except Exception:  # noqa: BLE001 - progress is best effort; the answer itself goes on
             log.warning("could not record progress of message %s", message_id, exc_info=True)
 
@@ -219,38 +214,30 @@ class Answers:
         self._check_row(conversation_id, message_id)
         return self._follow_row(message_id, offset, heartbeat_s)
 
-    def _row(self, message_id: int) -> Message | None:
-        with self.db.session() as s:
-            return s.get(Message, message_id)
-
     def _check_row(self, conversation_id: str, message_id: int) -> None:
-        with self.db.session() as s:
-            row = s.scalar(
-                select(Message).where(Message.id == message_id,
-                                      Message.conversation_id == conversation_id)
-            )
-        if row is None or row.role == "user":
+        row = self.conversations.message(message_id, conversation_id)
+        if row is None or row["role"] == "user":
             raise NotFound(f"no answer {message_id} in this conversation")
 
     def _follow_row(self, message_id: int, offset: int, heartbeat_s: float) -> Iterator[Item]:
         """Follow an answer produced by another process through its message row."""
         sent = offset
-        row = self._row(message_id)
-        yield [(Event("meta", {"message_id": message_id, "decision": row.decision or "answer",
-                               "model": row.model_id, "resumed": True}), f"{message_id}:{sent}")]
+        row = self.conversations.message(message_id)
+        yield [(Event("meta", {"message_id": message_id, "decision": row["decision"] or "answer",
+                               "model": row["model_id"], "resumed": True}), f"{message_id}:{sent}")]
         last_change = last_beat = time.monotonic()
         while True:
-            row = self._row(message_id)
+            row = self.conversations.message(message_id)
             if row is None:
                 yield [(Event("error", {"message": "This answer no longer exists."}), None)]
                 return
-            text = row.text or ""
+            text = row["text"] or ""
             now = time.monotonic()
             # A hand-off's text travels in the handoff event, not as tokens.
-            if len(text) > sent and row.decision != "handoff":
+            if len(text) > sent and row["decision"] != "handoff":
                 yield [(Event("token", {"text": text[sent:]}), f"{message_id}:{len(text)}")]
                 sent, last_change = len(text), now
-            if row.complete or row.decision == "error":
+            if row["complete"] or row["decision"] == "error":
                 yield self._closing(row, sent)
                 return
             if now - last_change > self.stale_after_s:
@@ -262,15 +249,15 @@ class Answers:
             time.sleep(self.poll_s)
 
     @staticmethod
-    def _closing(row: Message, sent: int) -> list[tuple[Event, str | None]]:
-        eid = f"{row.id}:{sent}"
-        if row.decision == "error":
+    def _closing(row: dict, sent: int) -> list[tuple[Event, str | None]]:
+        eid = f"{row['id']}:{sent}"
+        if row["decision"] == "error":
             return [(Event("error", {"message": FAILED}), eid)]
         out: list[tuple[Event, str | None]] = []
-        if row.decision == "handoff":
-            out.append((Event("handoff", {"reason": "handoff", "message": row.text}), eid))
-        elif row.sources:
-            out.append((Event("sources", {"sources": row.sources}), eid))
-        out.append((Event("done", {"message_id": row.id, "latency_ms": row.latency_ms,
-                                   "ttft_ms": row.ttft_ms, "completion_tokens": row.completion_tokens}), eid))
+        if row["decision"] == "handoff":
+            out.append((Event("handoff", {"reason": "handoff", "message": row["text"]}), eid))
+        elif row["sources"]:
+            out.append((Event("sources", {"sources": row["sources"]}), eid))
+        out.append((Event("done", {"message_id": row["id"], "latency_ms": row["latency_ms"],
+                                   "ttft_ms": row["ttft_ms"], "completion_tokens": row["completion_tokens"]}), eid))
         return out

@@ -21,11 +21,8 @@ from typing import Any, Iterable, Iterator
 from urllib.parse import quote, urlsplit
 
 from flask import Blueprint, Response, g, jsonify, request
-from sqlalchemy import select
-
 from bot.core.errors import Forbidden, NotFound, SupportbotError
 from bot.core.events import Event
-from bot.core.store.models import Conversation
 from web.answers import Item
 from web.context import web
 from web.keys import SiteKeyInfo, normalize_origin
@@ -107,16 +104,10 @@ def current_visitor() -> tuple[Visitor, SiteKeyInfo]:
 def owned_conversation(conversation_id: str, visitor: Visitor, key: SiteKeyInfo) -> dict:
     """``{id, status, created_at}`` of the conversation if this visitor started it on this bot;
     NotFound otherwise (also for another visitor's: its existence is not revealed)."""
-    # One indexed read; ConversationStore.get would also count the messages, on every request.
-    with web().components.db.session() as s:
-        row = s.execute(
-            select(Conversation.visitor_id, Conversation.bot_id, Conversation.status,
-                   Conversation.created_at).where(Conversation.id == conversation_id)
-        ).first()
-    if row is None or row.visitor_id != visitor.visitor_id or row.bot_id != key.bot_id:
+    row = web().components.conversations.owner(conversation_id)
+    if row is None or row["visitor_id"] != visitor.visitor_id or row["bot_id"] != key.bot_id:
         raise NotFound(f"no conversation {conversation_id!r}")
-    return {"id": conversation_id, "status": row.status,
-            "created_at": row.created_at.isoformat(timespec="milliseconds") + "Z"}
+    return {"id": conversation_id, "status": row["status"], "created_at": row["created_at"]}
 
 
 # -- sources shown to visitors ------------------------------------------------------------------
@@ -162,7 +153,7 @@ def session():
     token, visitor_id = ctx.tokens.issue(key.key, renewed)
     return jsonify(
         visitor_token=token, visitor_id=visitor_id, expires_in=ctx.tokens.ttl_s, bot=key.bot,
-        renewed=renewed is not None, max_message_chars=ctx.settings.web.max_message_chars,
+        renewed=renewed is not None, max_message_chars=ctx.settings.dialogue.max_message_chars,
     )
 
 
@@ -207,10 +198,8 @@ def post_message(conversation_id: str):
     message = body["message"]
     if not isinstance(message, str) or not message.strip():
         raise SupportbotError("message must be a non-empty string")
-    limit = ctx.settings.web.max_message_chars
-    if len(message) > limit:
-        raise SupportbotError(f"message is too long ({len(message)} characters, max {limit})")
-    # respond() checks everything it needs before returning, so bad input is a plain 4xx here.
+    # respond() checks everything it needs (length included) before returning, so bad input is a
+    # plain 4xx here.
     events = ctx.components.dialogue(key.bot).respond(conversation_id, message)
     stream = ctx.answers.start(conversation_id, events)
     return _stream(stream.follow(heartbeat), key.key)

@@ -9,7 +9,7 @@ from bot.core.errors import SupportbotError
 
 
 def _components(ctx):
-    from bot.cli import components
+    from bot.cli_context import components
 
     return components(ctx)
 

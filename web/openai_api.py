@@ -56,7 +56,7 @@ def _parse_messages(body: dict) -> tuple[list[tuple[str, str]], str]:
         turns.append((role, _text(m.get("content"), i)))
     if not turns or turns[-1][0] != "user":
         raise SupportbotError("the last message must have role 'user'")
-    limit = web().settings.web.max_message_chars
+    limit = web().settings.dialogue.max_message_chars
     if len(turns[-1][1]) > limit:
         raise SupportbotError(f"the last user message is too long ({len(turns[-1][1])} characters, max {limit})")
     return turns[:-1][-20:], turns[-1][1]

@@ -69,7 +69,7 @@ class RetrievalSettings(BaseModel):
     history_turns: int = 3
     # Candidates taken from each of dense and BM25 (over everything and within the entity)
     # before the fusion model ranks them.
-    candidates: int = 50
+    fusion_candidates: int = 50
     # The fitted fusion model (JSON); empty means the one shipped in retrieval/fusion.json.
     fusion_model: str = ""
 
@@ -114,6 +114,8 @@ class DialogueSettings(BaseModel):
     clarify_threshold: float = 0.075
     history_tokens: int = 384
     max_sources: int = 8
+    # The longest visitor message, in characters, on every channel (widget, /v1 API, CLI).
+    max_message_chars: int = 2000
     # Reply with an FAQ entry's own answer (verbatim, cited) when it is the top hit at this
     # confidence or more (bot/policy.py direct_source, bench/calibrate_direct.py); above 1: never.
     direct_answer_threshold: float = 0.825
@@ -127,7 +129,8 @@ class DialogueSettings(BaseModel):
         "the sources, and cite them like [1]. If the sources do not answer the question, say you "
         "don't know."
     )
-    # Retrieval candidates the policy sees, and earlier turns passed to the retriever with them.
+    # Retrieval candidates the policy sees (a selector may read more, its pool), and earlier turns
+    # passed to the retriever with them.
     candidates: int = 20
     context_turns: int = 6
     # Source selection (bot/policy.py), tuned by bench/calibrate_policy.py.
@@ -163,7 +166,6 @@ class WebSettings(BaseModel):
     workers: int = 1
     # gthread: open streams one worker holds (each stream is one thread; idle threads cost little).
     threads: int = 256
-    max_message_chars: int = 2000
     max_upload_mb: float = 20.0
     visitor_token_ttl_s: int = 3600
     rate_limit_visitor: str = "20 per minute"

@@ -173,9 +173,36 @@ class RepeatGuard:
         return out
 
 
-def guarded(pieces: Iterable[str], guard: RepeatGuard) -> Iterator[str]:
-    """``pieces`` through ``guard``; once it has stopped, ``pieces`` is closed (a backend's stream
-    stops generating) and nothing more is read."""
+class ReplyGuard:
+    """Everything that may cut a model's reply, in one place: the ``stop`` strings (the reply ends
+    before the first one) and, with ``cut_repeats``, a line that repeats an earlier one
+    (``RepeatGuard``). ``feed``/``flush``/``stopped`` as for the parts."""
+
+    def __init__(self, stop: Sequence[str] = (), cut_repeats: bool = True):
+        self.stop = StopMatcher(stop_list(list(stop)))
+        self.repeats = RepeatGuard() if cut_repeats else None
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop.stopped or bool(self.repeats and self.repeats.stopped)
+
+    def _repeat(self, text: str) -> str:
+        return self.repeats.feed(text) if self.repeats is not None and text else text
+
+    def feed(self, piece: str) -> str:
+        return self._repeat(self.stop.feed(piece))
+
+    def flush(self) -> str:
+        out = self._repeat(self.stop.flush())
+        if self.repeats is not None:
+            out += self.repeats.flush()
+        return out
+
+
+def guarded(pieces: Iterable[str], guard) -> Iterator[str]:
+    """``pieces`` through ``guard`` (a ``ReplyGuard``, ``RepeatGuard`` or ``StopMatcher``); once it
+    has stopped, ``pieces`` is closed (a backend's stream stops generating) and nothing more is
+    read."""
     for piece in pieces:
         shown = guard.feed(piece)
         if shown:
@@ -184,7 +211,7 @@ def guarded(pieces: Iterable[str], guard: RepeatGuard) -> Iterator[str]:
             close = getattr(pieces, "close", None)
             if close is not None:
                 close()
-            return
+            break
     tail = guard.flush()
     if tail:
         yield tail

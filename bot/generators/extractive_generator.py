@@ -22,6 +22,7 @@ from bot.generators.base import (
     validate_messages,
     word_pieces,
 )
+from retrieval.types import Hit
 
 DONT_KNOW = "I don't know the answer to that. Would you like me to connect you with a person?"
 
@@ -33,17 +34,17 @@ def _get(source: Any, name: str, default: Any = None) -> Any:
 
 
 def faq_answer(source: Any) -> str | None:
-    """The answer part of an FAQ source, or ``None`` when the source is not an FAQ entry."""
-    meta = _get(source, "metadata") or {}
-    answer = str(meta.get("answer") or _get(source, "answer") or "").strip()
-    if answer:
-        return answer
-    is_faq = _get(source, "kind") == "faq" or meta.get("kind") == "faq" or meta.get("doc_type") == "faq"
-    if not is_faq:
-        return None
-    text = str(_get(source, "text") or "").strip()
-    _question, _, rest = text.partition("\n")
-    return rest.strip() or None
+    """The answer part of an FAQ source (a ``Hit``, or a mapping of its fields, where ``kind``
+    and ``answer`` may also sit at the top level), or ``None`` when it is not an FAQ entry
+    (``Hit.faq_answer`` is the rule)."""
+    if not isinstance(source, Hit):
+        meta = dict(_get(source, "metadata") or {})
+        for name in ("kind", "answer"):
+            if _get(source, name) and not meta.get(name):
+                meta[name] = _get(source, name)
+        source = Hit(0, str(_get(source, "doc_id") or ""), str(_get(source, "title") or ""),
+                     str(_get(source, "text") or ""), 0.0, 0.0, metadata=meta)
+    return source.faq_answer
 
 
 _LIST_ITEM = re.compile(r"\s*(?:[-*+]|\d{1,3}[.)])\s")

@@ -1,0 +1,172 @@
+"""The turn pipeline: retrieve -> plan -> prompt -> guarded reply stream, for one visitor message.
+
+One object runs the path every message takes, with its parts passed in (a ``Retriever``, a
+``Selector``, the model ``Generator`` and the ``extractive`` one for direct FAQ replies):
+
+    hits  = pipeline.retrieve(message, turns)      # entity-aware hybrid search, the selector's pool
+    plan  = pipeline.plan(message, hits)           # answer | clarify | hand off, and the sources
+    reply = pipeline.reply(plan, message, turns)   # the text the visitor is shown, streamed
+
+The dialogue manager (``bot/dialogue.py``) adds storage and events around it, ``supportbot eval``
+(``bot/evaluate.py``) scores it without storing, and training (``training/sft_dataset.py``) takes
+the sources it would ground a turn in. Nothing here stores anything.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+from bot.core.settings import DialogueSettings
+from bot.generators.base import GenerationStream, Generator, ReplyGuard, guarded
+from bot.policy import ANSWER, CLARIFY, DIRECT, HANDOFF, Decision, decide, direct_source, with_selection
+from bot.prompting import build_messages
+from bot.selection import Selection, Selector
+from retrieval.types import Hit, Retriever
+
+
+@dataclass
+class Plan:
+    """What the bot will do with a message: the decision, every retrieved hit (stored with their
+    scores) and ``sources``: the passages an answer is grounded in (empty unless it answers)."""
+
+    decision: Decision
+    hits: list[Hit] = field(default_factory=list)
+    sources: list[Hit] = field(default_factory=list)
+
+    @property
+    def direct(self) -> bool:
+        """The reply is an FAQ entry's own answer (no model)."""
+        return self.decision.reason == DIRECT
+
+
+class ReplyStream(Iterator[str]):
+    """The text pieces a visitor is shown for an answer, as the generator produces them.
+
+    ``messages`` is the prompt, ``generator`` the backend that writes it; ``usage`` the backend's
+    prompt/completion token counts (final once the stream ends); ``close()`` stops generating."""
+
+    def __init__(self, generator: Generator, messages: list[dict], stream: GenerationStream,
+                 shown: Iterator[str]):
+        self.generator = generator
+        self.model_id = str(generator.model_id)
+        self.messages = messages
+        self._stream = stream
+        self._shown = shown
+
+    def __iter__(self) -> "ReplyStream":
+        return self
+
+    def __next__(self) -> str:
+        return next(self._shown)
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return dict(self._stream.usage)
+
+    def close(self) -> None:
+        close = getattr(self._shown, "close", None)
+        if close is not None:
+            close()
+        self._stream.close()
+
+
+class TurnPipeline:
+    """Retrieve, plan and stream the reply for one message (see the module docstring)."""
+
+    def __init__(
+        self,
+        retriever: Retriever,
+        selector: Selector,
+        generator: Generator | None,
+        direct_generator: Generator,
+        settings: DialogueSettings,
+    ):
+        self.retriever = retriever
+        self.selector = selector
+        self.generator = generator  # None: plans only (evaluation without generation, training)
+        self.direct_generator = direct_generator
+        self.settings = settings
+
+    # -- retrieve and plan ------------------------------------------------------------------
+    def retrieve(self, message: str, turns: Sequence[dict]) -> list[Hit]:
+        """Candidates for ``message`` in the conversation ``turns`` (earlier turns, oldest first).
+        A selector may read a longer candidate list than the policy (its ``pool``)."""
+        k = max(self.settings.candidates, self.selector.pool)
+        return self.retriever.search(message, k=k, turns=list(turns))
+
+    def select(self, message: str, hits: Sequence[Hit]) -> Selection:
+        """The passages an answer to ``message`` would be grounded in (whatever the decision)."""
+        return self.selector.select(message, hits, self.settings.max_sources)
+
+    def plan(self, message: str, hits: Sequence[Hit]) -> Plan:
+        """The decision and the sources an answer is grounded in (``bot/policy.py``): the
+        retrieval confidence decides, a selector that judges knowledge refines it, and an FAQ entry
+        that answers the question becomes the reply itself."""
+        hits = list(hits)
+        decision = decide(message, hits, self.settings)
+        if decision.action == HANDOFF:
+            return Plan(decision, hits, [])
+        selection = self.select(message, hits)
+        decision = with_selection(decision, selection.needs_knowledge)
+        judged = selection.passages if selection.needs_knowledge is not None else None
+        direct = direct_source(decision, hits, self.settings, judged)
+        if direct is not None:
+            return Plan(Decision(ANSWER, DIRECT, decision.confidence), hits, [direct])
+        return Plan(decision, hits, selection.passages if decision.action == ANSWER else [])
+
+    # -- what the visitor is shown ---------------------------------------------------------
+    def clarify(self, hits: Sequence[Hit]) -> tuple[str, list[Hit]]:
+        """A clarifying question offering the (up to two) best distinct topics."""
+        topics: list[str] = []
+        offered: list[Hit] = []
+        for h in hits:
+            topic = (h.question or str(h.title or "")).strip()
+            if topic and topic.lower() not in {t.lower() for t in topics}:
+                topics.append(topic)
+                offered.append(h)
+            if len(topics) == 2:
+                break
+        joined = " or ".join(f"\u201c{t}\u201d" for t in topics) or "something in our help center"
+        return self.settings.clarify_message.format(topics=joined), offered
+
+    def handoff_text(self, decision: Decision) -> str:
+        return (self.settings.requested_handoff_message if decision.reason == "requested"
+                else self.settings.handoff_message)
+
+    def generator_for(self, plan: Plan) -> Generator:
+        """The backend that writes the reply: the FAQ's own answer for a direct plan."""
+        if plan.direct:
+            return self.direct_generator
+        if self.generator is None:
+            raise ValueError("this pipeline was built without a generator")
+        return self.generator
+
+    def prompt(self, message: str, sources: Sequence[Hit], turns: Sequence[dict]) -> list[dict]:
+        count = self.generator.count_tokens if self.generator is not None else None
+        return build_messages(
+            message, sources, turns, self.settings.system_prompt,
+            count_tokens=count, history_tokens=self.settings.history_tokens,
+        )
+
+    def reply(self, plan: Plan, message: str, turns: Sequence[dict]) -> ReplyStream:
+        """The answer's text stream. A model's reply ends at ``dialogue.stop`` and, with
+        ``cut_repeated_lines``, before a line that repeats an earlier one (``ReplyGuard``, the one
+        place replies are cut); an FAQ's own answer is shown as written."""
+        if plan.decision.action != ANSWER:
+            raise ValueError(f"only an answer has a reply stream, not a {plan.decision.action}")
+        generator = self.generator_for(plan)
+        messages = self.prompt(message, plan.sources, turns)
+        # sources: the extractive backend replies from them; model backends ignore them
+        stream = generator.stream(messages, sources=plan.sources)
+        if plan.direct:
+            return ReplyStream(generator, messages, stream, iter(stream))
+        guard = ReplyGuard(self.settings.stop, self.settings.cut_repeated_lines)
+        return ReplyStream(generator, messages, stream, guarded(stream, guard))
+
+    def model_id(self, plan: Plan) -> str:
+        """The model id stored with the reply ("" unless the bot answers)."""
+        return str(self.generator_for(plan).model_id) if plan.decision.action == ANSWER else ""
+
+
+__all__ = ["ANSWER", "CLARIFY", "HANDOFF", "Plan", "ReplyStream", "TurnPipeline"]
+

@@ -1,0 +1,117 @@
+"""Knowledge selection: which retrieved passages an answer is grounded in, and whether the turn
+needs knowledge at all.
+
+Every selector has one verb, ``select(message, hits, k) -> Selection``, and says how many
+retrieval candidates it reads (``pool``). Three implementations:
+
+* ``RuleSelector``: passages near the top fused score, from the top passage's entity (below).
+* ``LearnedSelector`` (``bot/mlp_selector.py``): an MLP over question and passage embeddings.
+* ``CrossSelector`` (``bot/cross_selector.py``): a cross-encoder that reads question and passage
+  together and also judges whether the turn needs knowledge (``Selection.needs_knowledge``).
+
+``build_selector`` picks one by the name in ``dialogue.selector``; the app tier calls it and
+passes the result into the turn pipeline (``bot/pipeline.py``).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from bot.core.settings import DialogueSettings
+from retrieval.types import Hit
+
+
+@dataclass(frozen=True)
+class Selection:
+    """``passages``: what an answer is grounded in, in the retriever's order. ``needs_knowledge``:
+    the selector's verdict on whether the turn needs knowledge (True / False), or None when it does
+    not judge that (then the retrieval confidence alone decides, ``bot/policy.py``)."""
+
+    passages: list[Hit] = field(default_factory=list)
+    needs_knowledge: bool | None = None
+
+
+@runtime_checkable
+class Selector(Protocol):
+    pool: int  # retrieval candidates it reads (0: what the policy gets, ``dialogue.candidates``)
+
+    def select(self, message: str, hits: Sequence[Hit], k: int) -> Selection:
+        """At most ``k`` of ``hits`` (best first) that ground the answer to ``message``."""
+
+
+class RuleSelector:
+    """The passages whose fused score is within ``select_margin`` of the top one, measured as a
+    fraction of the spread between the top and the last candidate's score (scale-free, whatever
+    the retriever's score range), and, with ``select_same_entity``, about the top passage's entity.
+    Always the top hit when there is one; duplicates of one chunk dropped. The margins are chosen by
+    ``bench/calibrate_policy.py``."""
+
+    pool = 0
+
+    def __init__(self, settings: DialogueSettings):
+        self.settings = settings
+
+    def select(self, message: str, hits: Sequence[Hit], k: int) -> Selection:
+        if not hits:
+            return Selection([])
+        s = self.settings
+        top = hits[0]
+        spread = float(top.score) - min(float(h.score) for h in hits)
+        floor = float(top.score) - s.select_margin * spread
+        chosen: list[Hit] = []
+        seen: set[int] = set()
+        for h in hits:
+            if len(chosen) >= k:
+                break
+            if h.chunk_id in seen or float(h.score) < floor:
+                continue
+            if s.select_same_entity and h.entity_key != top.entity_key:
+                continue
+            if float(h.confidence) < s.select_min_confidence and h is not top:
+                continue
+            seen.add(h.chunk_id)
+            chosen.append(h)
+        return Selection(chosen)
+
+
+StoredVectors = Callable[[Sequence[int]], "np.ndarray | None"]
+
+
+def build_selector(settings: DialogueSettings, embedder, stored_vectors: StoredVectors | None = None) -> Selector:
+    """The selector named by ``settings.selector``:
+
+    * ``""``: the rule;
+    * ``"auto"``: the bundled MLP when it was trained for this embedder, else the rule;
+    * a bundled name (``dstc11`` the MLP, ``dstc11-cross`` the cross-encoder) or a path: a folder is
+      a cross selector, a file an MLP ``.npz`` (strict: a wrong embedder or a broken file is a
+      ``ConfigError``).
+
+    ``stored_vectors`` (chunk ids -> their index vectors, or None) spares the MLP embedding the
+    passages again. ``auto`` keeps the DSTC11-trained cross-encoder opt-in: its knowledge-turn
+    detector asks back on most questions about an FAQ site (``bench/sample_faq_answers.py``)."""
+    from bot.cross_selector import BUNDLED_CROSS, CrossSelector
+    from bot.mlp_selector import BUNDLED, LearnedSelector
+
+    name = settings.selector
+    if not name:
+        return RuleSelector(settings)
+    if name == "auto":
+        path = BUNDLED["dstc11"]
+        if embedder is None or not path.is_file():
+            return RuleSelector(settings)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                trained_for = json.loads(str(data["meta"])).get("embedder")
+        except (OSError, KeyError, ValueError):
+            return RuleSelector(settings)
+        if trained_for != getattr(embedder, "model_id", None):
+            return RuleSelector(settings)
+        name = "dstc11"
+    cross = BUNDLED_CROSS.get(name)
+    if cross is not None or (name not in BUNDLED and Path(name).expanduser().is_dir()):
+        return CrossSelector.load(cross or name, threads=settings.selector_threads, embedder=embedder)
+    return LearnedSelector.load(name, embedder, stored_vectors=stored_vectors)
