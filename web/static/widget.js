@@ -10,8 +10,11 @@
  *
  * Everything lives in the shadow root of a <supportbot-chat> custom element, so the page's CSS
  * cannot reach in and the widget's CSS cannot leak out. Text from the model or the knowledge base
- * is only ever inserted with textContent (a small markdown subset is built with DOM APIs);
- * innerHTML is never used with it.
+ * is only ever inserted as text nodes / textContent; the small Markdown subset of replies (bold,
+ * italics, lists, http(s) links) is built with createElement, and links get their href through a
+ * scheme allow-list. Nothing here parses a string as HTML: no innerHTML, outerHTML,
+ * insertAdjacentHTML or document.write (tests/test_widget_markdown.py fails on any of them).
+ * Icons are inline SVG built with createElementNS, not emoji (which need an emoji font).
  */
 (function () {
   "use strict";
@@ -40,6 +43,7 @@
     "header{background:var(--supportbot-color,#2f6f4f);color:var(--supportbot-text-color,#fff);padding:12px 14px;display:flex;align-items:center;gap:8px}",
     "header h2{font-size:16px;margin:0;flex:1;font-weight:600}",
     "header button{background:transparent;border:0;color:inherit;font-size:22px;cursor:pointer;line-height:1;padding:2px 6px}",
+    "header button svg{display:block;width:20px;height:20px}",
     ".log{flex:1;overflow-y:auto;padding:12px;display:flex;flex-direction:column;gap:10px;background:#f6f7f8}",
     ".msg{max-width:88%;padding:8px 12px;border-radius:12px;white-space:normal;overflow-wrap:anywhere}",
     ".msg.user{align-self:flex-end;background:var(--supportbot-color,#2f6f4f);color:var(--supportbot-text-color,#fff)}",
@@ -53,8 +57,9 @@
     ".sources{margin:8px 0 0;padding:6px 0 0;border-top:1px solid #e6e9eb;list-style:none;font-size:13px}",
     ".sources li{margin:2px 0}.sources a{color:#245a8a}",
     ".rate{display:flex;gap:6px;margin-top:6px;align-items:center;font-size:12px;color:#5b6670}",
-    ".rate button{border:1px solid #cfd5da;background:#fff;border-radius:6px;cursor:pointer;padding:2px 8px;font-size:14px}",
-    ".rate button[aria-pressed=true]{background:#e3f1e8;border-color:#2f6f4f}",
+    ".rate button{border:1px solid #cfd5da;background:#fff;border-radius:6px;cursor:pointer;padding:3px 8px;font-size:14px;color:#4a5660;line-height:0}",
+    ".rate button svg{display:block;width:16px;height:16px}",
+    ".rate button[aria-pressed=true]{background:#e3f1e8;border-color:#2f6f4f;color:#2f6f4f}",
     ".comment{display:flex;gap:6px;margin-top:6px}.comment input{flex:1;font:inherit;font-size:13px;padding:4px 6px;border:1px solid #cfd5da;border-radius:6px}",
     ".comment button{font-size:12px}",
     "form.compose{display:flex;gap:8px;padding:10px;border-top:1px solid #e1e4e7;background:#fff}",
@@ -67,11 +72,45 @@
     ".panel.open{position:fixed;inset:0;width:100vw;max-width:100vw;height:100%;max-height:100%;border-radius:0}}"
   ].join("\n");
 
-  function chatIcon() {
-    var ns = "http://www.w3.org/2000/svg", svg = document.createElementNS(ns, "svg"), path = document.createElementNS(ns, "path");
-    svg.setAttribute("viewBox", "0 0 24 24"); svg.setAttribute("aria-hidden", "true");
-    path.setAttribute("d", "M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H8l-4 4V6a2 2 0 0 1 2-2z");
-    svg.appendChild(path);
+  /* -- icons ------------------------------------------------------------------------------- */
+  /* Inline SVG, built with createElementNS: emoji depend on the visitor's fonts (headless and
+     many Linux browsers have no emoji font and draw empty boxes) and glyphs like "x" shift with
+     the host page's font. Each icon is a 24x24 drawing in currentColor, so it follows the
+     button's colour; aria-hidden because every button carries its own aria-label. */
+  var SVG_NS = "http://www.w3.org/2000/svg";
+  var THUMB = [
+    "M7 11l4-8a2.5 2.5 0 0 1 2.5 2.5V9h5a2 2 0 0 1 2 2.3l-1.3 7.9A2 2 0 0 1 17.2 21H7z",
+    "M7 11H4a1 1 0 0 0-1 1v8a1 1 0 0 0 1 1h3z"
+  ];
+  var ICONS = {
+    chat: { filled: true, paths: ["M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H8l-4 4V6a2 2 0 0 1 2-2z"] },
+    close: { paths: ["M6 6l12 12", "M18 6L6 18"] },
+    thumbUp: { paths: THUMB },
+    // The same hand turned over, as thumbs-down icons usually are (cuff top right).
+    thumbDown: { paths: THUMB, transform: "rotate(180 12 12)" }
+  };
+
+  function icon(name) {
+    var spec = ICONS[name], svg = document.createElementNS(SVG_NS, "svg");
+    var group = document.createElementNS(SVG_NS, "g");
+    svg.setAttribute("viewBox", "0 0 24 24");
+    svg.setAttribute("width", "24"); svg.setAttribute("height", "24"); // until CSS sizes it
+    svg.setAttribute("aria-hidden", "true"); svg.setAttribute("focusable", "false");
+    svg.setAttribute("class", "icon icon-" + name);
+    if (spec.filled) {
+      svg.setAttribute("fill", "currentColor");
+    } else {
+      svg.setAttribute("fill", "none"); svg.setAttribute("stroke", "currentColor");
+      svg.setAttribute("stroke-width", "2"); svg.setAttribute("stroke-linecap", "round");
+      svg.setAttribute("stroke-linejoin", "round");
+    }
+    if (spec.transform) group.setAttribute("transform", spec.transform);
+    spec.paths.forEach(function (d) {
+      var path = document.createElementNS(SVG_NS, "path");
+      path.setAttribute("d", d);
+      group.appendChild(path);
+    });
+    svg.appendChild(group);
     return svg;
   }
 
@@ -82,6 +121,7 @@
     return node;
   }
 
+  /* For URLs the server gives (sources): relative ones are this server's pages. */
   function safeUrl(href) {
     try {
       var u = new URL(href, API + "/");
@@ -89,41 +129,119 @@
     } catch (e) { return null; }
   }
 
-  /* Markdown subset -> DOM: paragraphs, line breaks, "- "/"1. " lists, **bold**, *italic*,
-     `code`, [text](http...) links. Everything else stays literal text. */
-  function inline(parent, text) {
-    var re = /(\*\*([^*]+)\*\*|\*([^*\s][^*]*)\*|`([^`]+)`|\[([^\]]+)\]\((https?:\/\/[^)\s]+)\))/g;
-    var last = 0, m;
-    while ((m = re.exec(text))) {
-      if (m.index > last) parent.appendChild(document.createTextNode(text.slice(last, m.index)));
-      if (m[2] != null) parent.appendChild(el("strong", null, m[2]));
-      else if (m[3] != null) parent.appendChild(el("em", null, m[3]));
-      else if (m[4] != null) parent.appendChild(el("code", null, m[4]));
-      else {
-        var href = safeUrl(m[6]);
-        if (href) parent.appendChild(el("a", { href: href, target: "_blank", rel: "noopener noreferrer" }, m[5]));
-        else parent.appendChild(document.createTextNode(m[0]));
-      }
-      last = re.lastIndex;
-    }
-    if (last < text.length) parent.appendChild(document.createTextNode(text.slice(last)));
+  /* For URLs in model text: absolute http(s) only. Anything else (javascript:, data:, vbscript:,
+     a relative path the model made up) is not a link and stays literal text. The scheme is
+     checked both on the raw text and on what the URL parser makes of it. */
+  function modelUrl(raw) {
+    if (!/^https?:\/\//i.test(raw)) return null;
+    try {
+      var u = new URL(raw);
+      return (u.protocol === "https:" || u.protocol === "http:") ? u.href : null;
+    } catch (e) { return null; }
   }
 
+  function link(href, text) {
+    // nofollow: the words are the model's, not an endorsement the site makes.
+    var a = el("a", { href: href, target: "_blank", rel: "noopener noreferrer nofollow" });
+    if (typeof text === "string") a.textContent = text;
+    return a;
+  }
+
+  /* A bare URL ends before trailing punctuation ("see https://x.com/a." links x.com/a) and before
+     a ")" that closes a parenthesis opened outside it ("(https://x.com/a)"). */
+  function trimUrl(url) {
+    for (;;) {
+      var c = url.charAt(url.length - 1);
+      if (".,;:!?_'\"".indexOf(c) >= 0) url = url.slice(0, -1);
+      else if (c === ")" && (url.split("(").length < url.split(")").length)) url = url.slice(0, -1);
+      else return url;
+    }
+  }
+
+  var WORD = /[0-9A-Za-z_\u00c0-\u024f]/;  // what an "_" of emphasis may not touch outside
+
+  /* Markdown inline subset -> DOM, within one line: `code`, **bold**, *italic* and _italic_
+     (nesting allowed), [text](https://...) links and bare http(s) URLs. Every piece of model text
+     goes in as a text node, so markup in it (<script>, <img onerror>) is shown, never parsed.
+     Citations such as [1] or [1, 2] match nothing here and stay as they are written. */
+  function inline(parent, text, inLink) {
+    // A fresh RegExp per call: a global regex keeps its position in lastIndex, and inline()
+    // recurses into bold/italic/link text. "i" so that HTTPS://... is a link too.
+    var re = new RegExp([
+      "`([^`]+)`",                                          // 1 code
+      "\\*\\*(?=\\S)(.*?\\S)\\*\\*(?!\\*)",                  // 2 bold
+      "\\*(?=[^\\s*])([^*]*?[^\\s*])\\*(?!\\*)",            // 3 italic
+      "_(?=[^\\s_])([^_]*?[^\\s_])_",                       // 4 italic
+      "\\[([^\\[\\]]+)\\]\\(\\s*([^()\\s]+)\\s*\\)",        // 5 text, 6 url: a link
+      "\\b(https?:\\/\\/[^\\s<>\"'`\\[\\]*]+)"             // 7 a bare URL (ends at "*": **https://x**)
+    ].join("|"), "gi");
+    var last = 0, m;
+    function flush(upTo) {
+      if (upTo > last) parent.appendChild(document.createTextNode(text.slice(last, upTo)));
+    }
+    while ((m = re.exec(text))) {
+      var start = m.index, end = re.lastIndex, node = null;
+      if (m[1] != null) {
+        node = el("code", null, m[1]);
+      } else if (m[2] != null) {
+        node = el("strong"); inline(node, m[2], inLink);
+      } else if (m[3] != null) {
+        node = el("em"); inline(node, m[3], inLink);
+      } else if (m[4] != null) {
+        // snake_case_words and __dunder__ are not emphasis: the "_" pair must not touch a
+        // letter, digit or another "_" on the outside.
+        if (WORD.test(text.charAt(start - 1)) || WORD.test(text.charAt(end))) {
+          re.lastIndex = start + 1; continue;
+        }
+        node = el("em"); inline(node, m[4], inLink);
+      } else if (m[5] != null) {
+        var href = inLink ? null : modelUrl(m[6]);
+        // Not a link we make (wrong scheme, or inside a link): all of it stays text, and is not
+        // searched again, so "[x](javascript:a_b_c)" cannot turn into anything else.
+        if (!href) continue;
+        node = link(href); inline(node, m[5], true);
+      } else {
+        var url = trimUrl(m[7]), safe = inLink ? null : modelUrl(url);
+        if (!safe) continue;
+        end = start + url.length; re.lastIndex = end;
+        node = link(safe, url);
+      }
+      flush(start);
+      parent.appendChild(node);
+      last = end;
+    }
+    flush(text.length);
+  }
+
+  /* Markdown blocks -> DOM: paragraphs (a blank line between), line breaks within them, "- " or
+     "* " bullet lists and "1. " / "1) " numbered lists, which may start right under a line of
+     text. An indented line under a list item continues it. Called again with the whole text each
+     time a streamed piece arrives, so a "**" split across two pieces renders once it is whole. */
   function renderMarkdown(node, text) {
     while (node.firstChild) node.removeChild(node.firstChild);
-    var blocks = text.replace(/\r\n/g, "\n").split(/\n{2,}/);
-    blocks.forEach(function (block) {
-      var lines = block.split("\n");
-      var bullet = /^\s*[-*]\s+/, number = /^\s*\d+[.)]\s+/;
-      if (lines.every(function (l) { return bullet.test(l); }) || lines.every(function (l) { return number.test(l); })) {
-        var list = el(bullet.test(lines[0]) ? "ul" : "ol");
-        lines.forEach(function (l) { var li = el("li"); inline(li, l.replace(bullet, "").replace(number, "")); list.appendChild(li); });
-        node.appendChild(list);
+    var bullet = /^\s*[-*]\s+(.*)$/, number = /^\s*(\d{1,9})[.)]\s+(.*)$/;
+    var para = null, list = null, item = null;
+    text.replace(/\r\n?/g, "\n").split("\n").forEach(function (line) {
+      if (!line.trim()) { para = list = item = null; return; }
+      var b = bullet.exec(line), n = b ? null : number.exec(line);
+      if (b || n) {
+        var kind = b ? "ul" : "ol";
+        if (!list || list.tagName.toLowerCase() !== kind) {
+          list = el(kind);
+          if (n && +n[1] !== 1) list.setAttribute("start", String(+n[1]));
+          node.appendChild(list);
+        }
+        item = el("li");
+        inline(item, b ? b[1] : n[2]);
+        list.appendChild(item);
+        para = null;
         return;
       }
-      var p = el("p");
-      lines.forEach(function (l, i) { if (i) p.appendChild(el("br")); inline(p, l); });
-      node.appendChild(p);
+      if (item && /^\s/.test(line)) { item.appendChild(el("br")); inline(item, line.trim()); return; }
+      list = item = null;
+      if (para) para.appendChild(el("br"));
+      else { para = el("p"); node.appendChild(para); }
+      inline(para, line);
     });
   }
 
@@ -177,11 +295,12 @@
     this.setAttribute("position", script.getAttribute("data-position") === "left" ? "left" : "right");
 
     this.bubble = el("button", { "class": "bubble", type: "button", "aria-label": "Open chat: " + title, "aria-expanded": "false", "aria-controls": "sb-panel" });
-    this.bubble.appendChild(chatIcon());
+    this.bubble.appendChild(icon("chat"));
     this.panel = el("section", { "class": "panel", id: "sb-panel", role: "dialog", "aria-label": title, hidden: "" });
     var header = el("header");
     header.appendChild(el("h2", null, title));
-    this.closeBtn = el("button", { type: "button", "aria-label": "Close chat" }, "\u00d7");
+    this.closeBtn = el("button", { "class": "close", type: "button", "aria-label": "Close chat" });
+    this.closeBtn.appendChild(icon("close"));
     header.appendChild(this.closeBtn);
     this.log = el("div", { "class": "log", role: "log", "aria-live": "polite", "aria-label": "Conversation" });
     this.humanBtn = el("button", { "class": "human", type: "button" }, "Talk to a person");
@@ -336,8 +455,9 @@
   SupportbotChat.prototype.addRating = function (view, feedback) {
     var self = this, row = el("div", { "class": "rate" });
     row.appendChild(el("span", null, "Was this helpful?"));
-    var up = el("button", { type: "button", "aria-label": "Helpful", "aria-pressed": "false" }, "\ud83d\udc4d");
-    var down = el("button", { type: "button", "aria-label": "Not helpful", "aria-pressed": "false" }, "\ud83d\udc4e");
+    var up = el("button", { type: "button", "aria-label": "Helpful", "aria-pressed": "false" });
+    var down = el("button", { type: "button", "aria-label": "Not helpful", "aria-pressed": "false" });
+    up.appendChild(icon("thumbUp")); down.appendChild(icon("thumbDown"));
     function mark(rating) {
       up.setAttribute("aria-pressed", String(rating > 0)); down.setAttribute("aria-pressed", String(rating < 0));
     }
