@@ -6,12 +6,12 @@ __version__ = "0.1.0"
 # parallel regions. This is read once, when torch loads libgomp, so it has to come before any
 # ``import torch``; ``bot`` is imported first by the CLI, the web app and the benchmarks.
 # libgomp's default spins ~300k iterations after each region: a lone decoding thread's idle worker
-# spun through all the Python between kernels and each token cost ~2x the CPU (and on a shared
+# spun through all the Python between kernels, so each token cost far more CPU (and on a shared
 # machine, a neighbour's core). Passive waiting (spin 0) wakes the worker through the kernel for
-# every one of the ~200 small kernels of a decode step: the float16 step measured 61 ms instead of
-# 35 ms. A short spin (GOMP_SPINCOUNT=5000, microseconds) bridges the gaps between the kernels of
-# one step and sleeps between steps: 35 ms per step at 1.9 CPUs (bench/generate.py, SmolLM2-135M,
-# 2 cores). Explicit OMP_WAIT_POLICY / GOMP_SPINCOUNT values in the environment win.
+# every one of the ~200 small kernels of a decode step, which makes the step much slower. A short
+# spin (GOMP_SPINCOUNT=5000, microseconds) bridges the gaps between the kernels of one step and
+# sleeps between steps: the fastest step at little extra CPU (bench/generate.py; figures in the
+# README). Explicit OMP_WAIT_POLICY / GOMP_SPINCOUNT values in the environment win.
 import os as _os
 
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # other OpenMP runtimes: do not spin

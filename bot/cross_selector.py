@@ -16,7 +16,7 @@ the retriever's entity ranking.
 
 Detection first: does the turn need knowledge at all ("is the pool heated?" does, "book it for
 two nights" does not)? With a ``detector.npz`` (logistic regression on the retriever embedder's
-vector of the message, 97-98 % accurate on held-out DSTC11 train turns), P(knowledge turn) >=
+vector of the message; its held-out accuracy is in the README), P(knowledge turn) >=
 its threshold; without one, the best passage's P >= ``detect_threshold``. A turn that needs none
 selects nothing (the dialogue manager then does not answer from sources). Otherwise the passages
 with P >= ``select_threshold`` (at least the best), at most ``max_sources``, in the retriever's

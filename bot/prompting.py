@@ -8,10 +8,11 @@
 
 The sources go with the question, in the last user turn, not in the system prompt: small
 instruction-tuned models (the default SmolLM2-135M) follow the turn they answer better than a
-long system prompt. Measured with the default model on the first 40 DSTC11 dev knowledge turns,
-gold sources, 60 new tokens: ROUGE-L 0.195 / BLEU 0.037 against 0.183 / 0.034 with the sources in
-the system prompt, and shorter replies (24 words against 27); on the sample FAQ the old layout
-wandered into long invented answers where this one answered in a sentence.
+long system prompt. With the default model on DSTC11 dev knowledge turns and gold sources this
+layout scored higher ROUGE-L and BLEU than the sources in the system prompt, with shorter
+replies; on the sample FAQ the old layout wandered into long invented answers where this one
+answered in a sentence (a one-off comparison; figures in the README, ``supportbot eval``
+re-scores replies).
 It also keeps the system prompt and the conversation so far as a stable prompt prefix, which the
 ``hf`` backend's prefix cache reuses from one turn to the next.
 

@@ -11,14 +11,12 @@ the results to a subset of ids (entity- or filter-restricted search).
 - ``"flat"`` up to ``IndexSettings.exact_max`` vectors: ``IndexFlatIP``, exact. Removing compacts
   at once (cheap at this size), so it never holds dead slots.
 - ``"hnsw"`` above: ``IndexHNSWFlat``. Chosen over IVF-Flat by ``bench/index_scale.py
-  --compare-ivf`` on vectors shaped like MiniLM embeddings: at 100k HNSW reached recall@10 0.96
-  at 1.3 ms where IVF (nlist 1264) needed nprobe 128 for 0.93; on real MiniLM vectors of the
-  DSTC11 snippets it also led (0.97 at efSearch 64 vs 0.93 at nprobe 16). At 1M, with
-  efConstruction 200 and efSearch 256: recall@10 0.95 at 2.9 ms (IVF, nlist 4000: 0.91 at
-  4.8 ms with nprobe 128), for a build 8x slower than IVF's. FAISS's HNSW cannot remove
-  vectors, so a removal marks the slot dead: searches pass a bitmap of live slots
-  (``IDSelectorBitmap``), the graph keeps routing through dead nodes, and once dead slots exceed
-  ``rebuild_dead_fraction`` the index is rebuilt from the live vectors.
+  --compare-ivf`` on vectors shaped like MiniLM embeddings: at 100k and at 1M HNSW reached
+  higher recall@10 than IVF even at large nprobe (at 1M in less time per query too), and it also
+  led on real MiniLM vectors of the DSTC11 snippets; the price is a much slower build (figures in
+  the README). FAISS's HNSW cannot remove vectors, so a removal marks the slot dead: searches
+  pass a bitmap of live slots (``IDSelectorBitmap``), the graph keeps routing through dead nodes,
+  and once dead slots exceed ``rebuild_dead_fraction`` the index is rebuilt from the live vectors.
 
 An ``add`` that crosses ``exact_max`` switches to HNSW; ``rebuild()`` picks the representation
 afresh for the current size, which is where an index that shrank goes back to exact.
@@ -52,9 +50,9 @@ VECS_FILE = "vecs.npy"
 
 
 # Searches of fewer queries than this run on ``IndexSettings.search_threads`` OpenMP threads. With
-# 2 OpenMP threads a batch-1 exact search over 20k vectors took 40 ms on 2 busy cores, against
-# 2.4 ms on one: the threads wait on each other. FAISS's thread count is per calling thread
-# (libgomp), so setting it here does not touch other threads' batch work.
+# 2 OpenMP threads a batch-1 exact search on 2 busy cores is many times slower than on one: the
+# threads wait on each other (bench/index_scale.py; figures in the README). FAISS's thread count
+# is per calling thread (libgomp), so setting it here does not touch other threads' batch work.
 SMALL_BATCH = 20
 
 

@@ -502,8 +502,8 @@ def test_build_generator_chooses_the_backend_by_name_and_builds_cheaply(tiny_lm_
     assert set(BACKENDS) == {"hf", "openai", "extractive"}
     hf_gen = build_generator(GeneratorSettings(backend="hf", model=str(tiny_lm_dir), max_new_tokens=5), tmp_path)
     assert isinstance(hf_gen, HFGenerator) and hf_gen.model is None
-    assert len(hf_gen.stream(PROMPTS[0]).text()) > 0  # loads on first use
-    assert hf_gen.last_usage["completion_tokens"] == 5
+    assert hf_gen.model is None and hf_gen.stream(PROMPTS[0]).text() != ""  # loads on first use
+    assert hf_gen.model is not None and hf_gen.last_usage["completion_tokens"] == 5
     oa = build_generator(GeneratorSettings(backend="openai", model="qwen", base_url="http://h:1/v1"), tmp_path)
     assert isinstance(oa, OpenAIGenerator) and oa.url == "http://h:1/v1/chat/completions"
     assert isinstance(build_generator(GeneratorSettings(backend="extractive"), tmp_path), ExtractiveGenerator)
@@ -525,7 +525,10 @@ def test_a_model_without_chat_template_gets_a_plain_transcript_prompt(tiny_lm_di
     gen.tokenizer.chat_template = None
     prompt = gen.tokenizer.decode(gen.prompt_ids(PROMPTS[1]))
     assert prompt.startswith("system: Answer from the sources.") and prompt.endswith("\nassistant:")
-    assert gen.stream(PROMPTS[1]).usage is not None and len(gen.stream(PROMPTS[1]).text()) > 0
+    stream = gen.stream(PROMPTS[1])
+    text = stream.text()
+    assert text != "" and stream.usage["completion_tokens"] == 5
+    assert stream.usage["prompt_tokens"] == len(gen.prompt_ids(PROMPTS[1]))
 
 
 # ---- RepeatGuard: a looping reply is cut before the repeated line ------------------------------

@@ -10,18 +10,18 @@ Development: ``flask --app web run``; production: ``supportbot serve`` (gunicorn
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from bot.components import Components
 from bot.core.settings import Settings, load_settings
 
 
 def create_app(
     settings: Settings | None = None,
-    components: Any = None,
+    components: Components | None = None,
     demo_site_key: str | None = None,
     test_config: dict | None = None,
 ) -> Flask:
@@ -36,8 +36,6 @@ def create_app(
     if settings is None:
         settings = components.settings if components is not None else load_settings()
     if components is None:
-        from bot.components import Components
-
         components = Components(settings)
     ws = settings.web
 

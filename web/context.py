@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
 from flask import current_app
 
+from bot.components import Components
 from bot.core.settings import Settings
 from web.answers import Answers
 from web.keys import ApiKeys, SiteKeys
@@ -15,7 +14,7 @@ from web.security import VisitorTokens
 @dataclass
 class WebContext:
     settings: Settings
-    components: Any  # bot.components.Components
+    components: Components
     site_keys: SiteKeys
     api_keys: ApiKeys
     tokens: VisitorTokens

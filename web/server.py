@@ -1,13 +1,10 @@
 """``supportbot serve``: the app under gunicorn, configured from the settings.
 
-Why gthread (the default), from bench/web_load.py on a 2-core machine shared with other work,
-2 workers, SQLite, visitors arriving over 10 s, 12-s answers (so all streams overlap):
-
-  gthread: 500 concurrent streams with zero errors in every run (1000 in two of five runs);
-           at N=500 p50/p95 time to first event 0.24-4.2 s / 4.1-12 s, depending on the load.
-  gevent:  250-500 with zero errors; in the same run as gthread's 0.24 s / 4.1 s at N=500,
-           gevent's were 15.7 s / 22.9 s. SQLite's busy wait and the CPU-bound retrieval block a
-           whole gevent worker, while in gthread they block one thread (and release the GIL).
+Why gthread (the default), from bench/web_load.py on a 2-core machine shared with other work
+(2 workers, SQLite, long answers so that all streams overlap; figures in the README): gthread
+held more concurrent streams with zero errors than gevent, and in the same run its time to first
+event was several times shorter. SQLite's busy wait and the CPU-bound retrieval block a whole
+gevent worker, while in gthread they block one thread (and release the GIL).
 
 gthread also keeps streaming while a local (CPU-bound) model generates in another thread;
 under gevent a generating greenlet would stall every other stream of its worker. gevent stays

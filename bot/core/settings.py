@@ -29,22 +29,24 @@ class EmbedderSettings(BaseModel):
     batch_size: int = 64
     device: str = "cpu"  # "cuda" when there is one and you want it
     max_seq_length: int = 256
-    # torch threads for a small batch (a query): 1 by default. With 2 OpenMP threads a batch-1
-    # MiniLM encode took 1.3 s on 2 busy cores against 56 ms on one (bench/retrieval_latency.py);
-    # the setting is per calling thread, so it does not slow ingestion batches. 0: torch default.
+    # torch threads for a small batch (a query): 1 by default. Two OpenMP threads wait on each
+    # other on a busy 2-core machine and made a batch-1 MiniLM encode many times slower
+    # (bench/retrieval_latency.py; figures in the README); the setting is per calling thread, so
+    # it does not slow ingestion batches. 0: torch default.
     query_threads: int = 1
 
 
 class IndexSettings(BaseModel):
     # Up to this many vectors the index is exact (flat inner product); above, approximate (HNSW).
-    # 10k: batch-1 exact search p50 ~1 ms there and ~2 ms at 20k on 2 cores, where HNSW already
-    # has recall@10 0.9995 (bench/index_scale.py --sweep).
+    # 10k: exact batch-1 search is still fast there, and past it HNSW is already near-exact and
+    # faster (bench/index_scale.py --sweep; figures in the README).
     exact_max: int = 10_000
     hnsw_m: int = 32
-    # 200 over 80: at 100k MiniLM-shaped vectors, recall@10 0.977 vs 0.943 at efSearch 96, for a
-    # 2.5x longer build (bench/index_scale.py --ef-construction).
+    # 200 over 80: clearly higher recall@10 at 100k MiniLM-shaped vectors for a longer build
+    # (bench/index_scale.py --ef-construction; figures in the README).
     hnsw_ef_construction: int = 200
-    # 256: at 1M MiniLM-shaped vectors, recall@10 0.953 at p50 2.9 ms on 2 cores (96: 0.874).
+    # 256: at 1M MiniLM-shaped vectors, high recall@10 at a few milliseconds per query on 2
+    # cores, where lower values lose much recall (bench/index_scale.py; figures in the README).
     hnsw_ef_search: int = 256
     # HNSW cannot delete: removed vectors stay as dead nodes until they are this share of the
     # index, then it is rebuilt from the live vectors.
@@ -88,17 +90,18 @@ class GeneratorSettings(BaseModel):
     # hf backend on CPU: torch threads; 0 = torch's default (one per physical core).
     threads: int = 0
     # hf backend: weights of the single-token decode steps. auto = float16 on the CPU for a float32
-    # model (memory-bound steps, ~1.9x faster, same greedy tokens in bench/generate.py); model = the
-    # model's own dtype (token-for-token equal to generate()); or float16 / bfloat16.
+    # model (memory-bound steps, nearly twice as fast, same greedy tokens; bench/generate.py,
+    # figures in the README); model = the model's own dtype (token-for-token equal to
+    # generate()); or float16 / bfloat16.
     decode_dtype: str = "auto"
     # hf backend on CPU: torch threads of the single-token decode steps (0 = same as prefill). One
-    # is as fast as two on 2 cores in a server, at a quarter less CPU (bot/generators/fast_llama.py);
+    # is as fast as two on 2 cores in a server, at less CPU (bot/generators/fast_llama.py);
     # raise it on machines with many cores and memory channels.
     decode_threads: int = 1
     # hf backend: the prompt's prefill. auto = int8 matrix products (SmoothQuant-style, see
     # bot/generators/int8_prefill.py) on x86 CPUs when decode steps use half-precision weights (the
-    # CPU float32 default): 0.87 s first token against 1.14 s for 512 tokens on 2 cores,
-    # perplexity +0.6% (bench/generate.py); model = the model's dtype
+    # CPU float32 default): an earlier first token for 512 tokens on 2 cores at a slightly higher
+    # perplexity (bench/generate.py; figures in the README); model = the model's dtype
     # (with decode_dtype = "model": token-for-token generate()); int8 = require int8.
     prefill: str = "auto"
     # openai backend

