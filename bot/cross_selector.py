@@ -203,10 +203,11 @@ class CrossSelector:
         order = (order or [int(np.argmax(p))])[:max(1, max_sources)]
         return sorted(order)
 
-    def select(self, message: str, hits: Sequence[Hit], k: int) -> Selection:
+    def select(self, message: str, hits: Sequence[Hit], k: int, turns: Sequence[dict] = ()) -> Selection:
         hits = list(hits)
         detected = self.needs_knowledge(message) if hits else False
         if detected is False:
             return Selection([], False)  # no passage scoring for a turn that needs no knowledge
-        chosen = [hits[i] for i in self.choose(self.probabilities(message, hits), k, detected)]
-        return Selection(chosen, bool(chosen))
+        p = self.probabilities(message, hits)
+        chosen = self.choose(p, k, detected)
+        return Selection([hits[i] for i in chosen], bool(chosen), [float(p[i]) for i in chosen])

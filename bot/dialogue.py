@@ -75,7 +75,7 @@ class DialogueManager:
         self.conversations.add_message(conversation_id, "user", message)
         pipeline = self.pipeline
         try:
-            plan = pipeline.plan(message, pipeline.retrieve(message, turns))
+            plan = pipeline.plan(message, pipeline.retrieve(message, turns), turns)
         except Exception:  # a broken index must not crash the stream: a person takes over
             log.exception("retrieval failed in conversation %s", conversation_id)
             plan = Plan(Decision(HANDOFF, "retrieval_error", 0.0))

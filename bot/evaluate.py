@@ -196,7 +196,7 @@ def run_turn(pipeline: TurnPipeline, turns: Sequence[dict], generate: bool,
     message = turns[-1]["text"]
     context = pipeline.settings.context_turns
     history = [{"role": t["role"], "text": t["text"]} for t in turns[:-1]][-context:] if context else []
-    plan = pipeline.plan(message, pipeline.retrieve(message, history))
+    plan = pipeline.plan(message, pipeline.retrieve(message, history), history)
     ranked = list(dict.fromkeys(h.doc_id for h in plan.hits))
     rec = Record(
         id="", target=False, gold=[], ranked=ranked[: max_candidates or len(ranked)],

@@ -109,7 +109,7 @@ class LearnedSelector:
         h = np.maximum(x @ self.w1 + self.b1, 0.0)  # (n, hidden)
         return 1.0 / (1.0 + np.exp(-(h @ self.w2 + self.b2)))
 
-    def select(self, message: str, hits: Sequence[Hit], k: int) -> Selection:
+    def select(self, message: str, hits: Sequence[Hit], k: int, turns: Sequence[dict] = ()) -> Selection:
         hits = list(hits)[: self.pool]
         if not hits:
             return Selection([])
@@ -119,4 +119,4 @@ class LearnedSelector:
             order = [int(np.argmax(p))]
         order = order[:k]
         # Keep the retriever's order among the chosen: the best-ranked passage stays [1].
-        return Selection([hits[i] for i in sorted(order)])
+        return Selection([hits[i] for i in sorted(order)], scores=[float(p[i]) for i in sorted(order)])

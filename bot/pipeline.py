@@ -4,7 +4,7 @@ One object runs the path every message takes, with its parts passed in (a ``Retr
 ``Selector``, the model ``Generator`` and the ``extractive`` one for direct FAQ replies):
 
     hits  = pipeline.retrieve(message, turns)      # entity-aware hybrid search, the selector's pool
-    plan  = pipeline.plan(message, hits)           # answer | clarify | hand off, and the sources
+    plan  = pipeline.plan(message, hits, turns)    # answer | clarify | hand off, and the sources
     reply = pipeline.reply(plan, message, turns)   # the text the visitor is shown, streamed
 
 The dialogue manager (``bot/dialogue.py``) adds storage and events around it, ``supportbot eval``
@@ -94,11 +94,11 @@ class TurnPipeline:
         k = max(self.settings.candidates, self.selector.pool)
         return self.retriever.search(message, k=k, turns=list(turns))
 
-    def select(self, message: str, hits: Sequence[Hit]) -> Selection:
+    def select(self, message: str, hits: Sequence[Hit], turns: Sequence[dict] = ()) -> Selection:
         """The passages an answer to ``message`` would be grounded in (whatever the decision)."""
-        return self.selector.select(message, hits, self.settings.max_sources)
+        return self.selector.select(message, hits, self.settings.max_sources, turns)
 
-    def plan(self, message: str, hits: Sequence[Hit]) -> Plan:
+    def plan(self, message: str, hits: Sequence[Hit], turns: Sequence[dict] = ()) -> Plan:
         """The decision and the sources an answer is grounded in (``bot/policy.py``): the
         retrieval confidence decides, a selector that judges knowledge refines it, and an FAQ entry
         that answers the question becomes the reply itself."""
@@ -106,7 +106,7 @@ class TurnPipeline:
         decision = decide(message, hits, self.settings)
         if decision.action == HANDOFF:
             return Plan(decision, hits, [])
-        selection = self.select(message, hits)
+        selection = self.select(message, hits, turns)
         decision = with_selection(decision, selection.needs_knowledge)
         judged = selection.passages if selection.needs_knowledge is not None else None
         direct = direct_source(decision, hits, self.settings, judged)

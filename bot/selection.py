@@ -29,18 +29,21 @@ from retrieval.types import Hit
 class Selection:
     """``passages``: what an answer is grounded in, in the retriever's order. ``needs_knowledge``:
     the selector's verdict on whether the turn needs knowledge (True / False), or None when it does
-    not judge that (then the retrieval confidence alone decides, ``bot/policy.py``)."""
+    not judge that (then the retrieval confidence alone decides, ``bot/policy.py``). ``scores``:
+    the selector's P(grounds the answer) of each passage (same order), when it has one."""
 
     passages: list[Hit] = field(default_factory=list)
     needs_knowledge: bool | None = None
+    scores: list[float] | None = None
 
 
 @runtime_checkable
 class Selector(Protocol):
     pool: int  # retrieval candidates it reads (0: what the policy gets, ``dialogue.candidates``)
 
-    def select(self, message: str, hits: Sequence[Hit], k: int) -> Selection:
-        """At most ``k`` of ``hits`` (best first) that ground the answer to ``message``."""
+    def select(self, message: str, hits: Sequence[Hit], k: int, turns: Sequence[dict] = ()) -> Selection:
+        """At most ``k`` of ``hits`` (best first) that ground the answer to ``message``; ``turns``
+        are the conversation's earlier turns (oldest first), for a selector that reads them."""
 
 
 class RuleSelector:
@@ -55,7 +58,7 @@ class RuleSelector:
     def __init__(self, settings: DialogueSettings):
         self.settings = settings
 
-    def select(self, message: str, hits: Sequence[Hit], k: int) -> Selection:
+    def select(self, message: str, hits: Sequence[Hit], k: int, turns: Sequence[dict] = ()) -> Selection:
         if not hits:
             return Selection([])
         s = self.settings

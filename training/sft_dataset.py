@@ -72,7 +72,7 @@ class RetrievedSources:
 
     def __call__(self, message: str, turns: Sequence[dict], turn: dict) -> list:
         hits = self.pipeline.retrieve(message, turns)
-        return self.pipeline.select(message, hits).passages
+        return self.pipeline.select(message, hits, turns).passages
 
 
 def build_examples(
