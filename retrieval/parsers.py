@@ -12,7 +12,12 @@ Contract, for every format:
   uploading a file of the same name again replaces it; title = first heading (or the format's own
   title field), else the file stem;
 * multi-document files (CSV FAQ, JSONL knowledge base) give one document per row/line with an id
-  that survives re-uploads (see ``_csv_id``) and ``source`` = the file name.
+  that survives re-uploads (see ``_csv_id``) and ``source`` = the file name;
+* FAQ entries (``Section(kind="faq")`` with the question and its whole answer) come from CSV and
+  JSONL rows and, in documents, from every common FAQ layout: question headings, bold questions,
+  ``Q:``/``A:`` and ``Question:``/``Answer:`` pairs, numbered questions, question lines in plain
+  text, and HTML's own FAQ markup. ``retrieval.outline`` has the rules, ``retrieval.faq_layouts``
+  the markers and ``retrieval.faq_html`` the HTML structures. Prose stays prose.
 
 Text encodings: see ``parse_util.decode_text`` (UTF-8, or a BOM, or an HTML ``<meta charset>``;
 anything else is rejected with the likely encoding named, never guessed).
@@ -33,6 +38,7 @@ from markdown_it import MarkdownIt
 from bot.core.errors import FileTooLarge, IngestError, UnsupportedFileType
 from bot.core.settings import IngestSettings
 
+from .faq_layouts import MARKDOWN, starts_entry
 from .outline import Outline, tidy
 from .parse_util import decode_text, single_document
 from .parsers_office import parse_docx, parse_html, parse_pdf
@@ -52,6 +58,30 @@ def _inline_text(token) -> str:
     return "".join(parts) or token.content
 
 
+# Top-level Markdown blocks that never hold a question (code, quotes, raw HTML, rules).
+_NO_QUESTION = {"fence", "code_block", "blockquote_open", "html_block", "table_open"}
+
+
+def _markdown_blocks(tokens, lines: list[str]):
+    """``(token index, token, source text)`` per top-level block, each running to the next block.
+
+    A list whose items ask questions ("1. How do I book?" or "- **Can I pay later?**", each
+    with its answer) is given item by item, so each question can start its own entry.
+    """
+    tops = [(i, t) for i, t in enumerate(tokens) if t.level == 0 and t.map and t.nesting >= 0]
+    for n, (i, tok) in enumerate(tops):
+        end = tops[n + 1][1].map[0] if n + 1 < len(tops) else len(lines)
+        if tok.type in ("ordered_list_open", "bullet_list_open"):
+            stop = tops[n + 1][0] if n + 1 < len(tops) else len(tokens)
+            items = [t.map[0] for t in tokens[i:stop]
+                     if t.type == "list_item_open" and t.level == 1]
+            if any(starts_entry(lines[start], MARKDOWN) for start in items):
+                for start, until in zip(items, items[1:] + [end]):
+                    yield i, tok, "\n".join(lines[start:until])
+                continue
+        yield i, tok, "\n".join(lines[tok.map[0]:end])
+
+
 def parse_markdown(name: str, data: bytes, settings: IngestSettings) -> list[ParsedDocument]:
     text = decode_text(name, data)
     front: dict = {}
@@ -64,25 +94,67 @@ def parse_markdown(name: str, data: bytes, settings: IngestSettings) -> list[Par
         front = loaded if isinstance(loaded, dict) else {}
         text = text[match.end():]
     lines = text.split("\n")
-    outline = Outline()
+    outline = Outline(MARKDOWN)
     tokens = _md.parse(text)
-    cursor = 0  # first source line not yet assigned to a heading or a body
-    for i, tok in enumerate(tokens):
-        if tok.type != "heading_open":
-            continue
-        start, end = tok.map
-        outline.add("\n".join(lines[cursor:start]))
-        outline.heading(int(tok.tag[1:]), _inline_text(tokens[i + 1]))
-        cursor = end
-    outline.add("\n".join(lines[cursor:]))
+    for i, tok, source in _markdown_blocks(tokens, lines):
+        if tok.type == "heading_open":
+            outline.heading(int(tok.tag[1:]), _inline_text(tokens[i + 1]))
+        elif tok.type == "hr":
+            outline.rule()
+        else:
+            outline.add(source, may_ask=tok.type not in _NO_QUESTION)
     title = str(front.get("title") or "").strip() or outline.first_heading()
     meta = {k: v for k, v in front.items() if k != "title" and isinstance(v, (str, int, float, bool))}
     return single_document(name, title, outline.sections(title), "text/markdown", **meta)
 
 
+# Plain-text section headings: a line underlined with === or ---, or a short line in capitals.
+_UNDERLINE = re.compile(r"^\s*(={2,}|-{2,})\s*$")
+_RULE = re.compile(r"^\s*(?:-{3,}|={3,}|\*{3,}|_{3,})\s*$")
+_PARAGRAPHS = re.compile(r"\n[ \t]*\n")
+
+
+def _caps_heading(line: str) -> bool:
+    letters = [c for c in line if c.isalpha()]
+    # A colon marks a label or an answer ("NOTE: ...", "A: NO"), not a heading.
+    return (len(letters) >= 3 and all(c.isupper() for c in letters) and len(line.strip()) <= 60
+            and line.strip()[-1] not in ".?!;," and ":" not in line)
+
+
+def _text_outline(body: str) -> Outline:
+    outline = Outline(MARKDOWN, joiner="\n\n")
+    for paragraph in _PARAGRAPHS.split(body):
+        if _RULE.match(paragraph):
+            outline.rule()
+            continue
+        lines, kept = paragraph.split("\n"), []
+        i = 0
+        while i < len(lines):
+            line = lines[i]
+            underlined = i + 1 < len(lines) and _UNDERLINE.match(lines[i + 1]) and line.strip()
+            if underlined or _caps_heading(line):
+                outline.add("\n".join(kept))
+                kept = []
+                outline.heading(1 if underlined and "=" in lines[i + 1] else 2, line)
+                i += 2 if underlined else 1
+                continue
+            kept.append(line)
+            i += 1
+        outline.add("\n".join(kept))
+    return outline
+
+
 def parse_text(name: str, data: bytes, settings: IngestSettings) -> list[ParsedDocument]:
+    """Plain text is one section, unless it reads as an FAQ (question lines with answers).
+
+    An FAQ's capitalised or underlined lines ("SHIPPING") are its section headings. A text with
+    no FAQ entry stays one section: headings guessed from capitals are not worth splitting prose.
+    """
     body = tidy(decode_text(name, data))
-    return single_document(name, "", [Section(text=body)] if body else [], "text/plain")
+    sections = _text_outline(body).sections("") if body else []
+    if not any(s.kind == "faq" for s in sections):
+        sections = [Section(text=body)] if body else []
+    return single_document(name, "", sections, "text/plain")
 
 
 # --- CSV FAQ ----------------------------------------------------------------------------------
@@ -104,6 +176,9 @@ def _csv_id(stem: str, row_id: str, question: str, seen: dict[str, int]) -> str:
     key = row_id or hashlib.sha1(_norm(question).encode()).hexdigest()[:12]
     seen[key] = seen.get(key, 0) + 1
     return f"{stem}:{key}" + (f"~{seen[key]}" if seen[key] > 1 else "")
+
+
+_SECTION_COLUMNS = ("section", "category", "topic")
 
 
 def parse_csv(name: str, data: bytes, settings: IngestSettings) -> list[ParsedDocument]:
@@ -150,8 +225,12 @@ def parse_csv(name: str, data: bytes, settings: IngestSettings) -> list[ParsedDo
             title = values.get(want_title, "")
             extra = {header[i].strip(): values[c] for c, i in index.items()
                      if c not in (want_q, want_a, want_title, "id") and values[c]}
+            # The entry's section, as for headings in documents: a section/category/topic
+            # column, else the title column (which help-centre exports use for the category).
+            group = next((values[c] for c in _SECTION_COLUMNS if values.get(c)), title)
             section = Section(text=f"{question}\n{answer}", heading=title, kind="faq",
-                              question=question, answer=answer)
+                              question=question, answer=answer,
+                              metadata={"section": group} if group else {})
             docs.append(ParsedDocument(
                 external_id=_csv_id(stem, values.get("id", ""), question, seen),
                 title=title or question, sections=[section], source=name, mime="text/csv",

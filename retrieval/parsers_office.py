@@ -15,38 +15,64 @@ import pypdf
 from bs4 import BeautifulSoup
 from bs4.dammit import EncodingDetector
 from bs4.element import PreformattedString
+from docx.text.hyperlink import Hyperlink
 
 from bot.core.errors import IngestError
 from bot.core.settings import IngestSettings
 
+from .faq_html import (
+    BREAK,
+    HEADINGS,
+    jsonld_entries,
+    lines,
+    mark_blocks,
+    placeholder_index,
+    take_entries,
+)
+from .faq_layouts import MARKED, STRONG_CLOSE, STRONG_OPEN, faq_section
 from .outline import Outline, tidy
 from .parse_util import decode_text, single_document
 from .types import ParsedDocument, Section
 
 # --- HTML -------------------------------------------------------------------------------------
 
+# Dropped before anything is read (scripts, styles) and before the FAQ structures are taken
+# (navigation, forms); buttons and hidden elements go only after, since accordion questions are
+# buttons and their answers are hidden until clicked.
 _DROP = ["script", "style", "noscript", "template", "nav", "aside", "form", "svg", "iframe",
-         "button", "select"]
-_HEADINGS = ["h1", "h2", "h3"]
-_BLOCKS = ["p", "div", "li", "ul", "ol", "dl", "dt", "dd", "table", "tr", "td", "th", "section",
-           "article", "blockquote", "pre", "br", "hr", "h4", "h5", "h6", "figcaption", "details",
-           "summary", "address"]
-_BREAK = "\ue000"  # private-use marker for a block boundary; becomes a newline after whitespace
-_SPACE = re.compile(r"\s+")  # HTML collapses any whitespace run to one space
+         "select"]
+_DROP_AFTER = ["button"]
+_STRONG = ["strong", "b"]
+_RULE = "\ue005"  # an <hr>: a line of its own that ends the answer above it
 
 
-def _lines(parts: list[str]) -> str:
-    """One line per block element (nested blocks would otherwise leave runs of blank lines)."""
-    text = _SPACE.sub(" ", "".join(parts)).replace(_BREAK, "\n")
-    return "\n".join(line.strip() for line in text.split("\n") if line.strip())
+def _mark_strong(root) -> None:
+    """Put the bold markers of ``faq_layouts`` around outermost <strong>/<b> outside headings."""
+    for tag in root.find_all(_STRONG):
+        if not tag.find_parent(_STRONG + HEADINGS):
+            tag.insert(0, STRONG_OPEN)
+            tag.append(STRONG_CLOSE)
+
+
+def _add_lines(outline: Outline, text: str, entries: list[tuple[str, str]]) -> None:
+    for line in text.split("\n"):
+        index = placeholder_index(line)
+        if line == _RULE:
+            outline.rule()
+        elif index is None:
+            outline.add(line)
+        else:
+            outline.entry(*entries[index])
 
 
 def parse_html(name: str, data: bytes, settings: IngestSettings) -> list[ParsedDocument]:
-    """Main text of a page, split at h1-h3; navigation, scripts and page chrome are dropped.
+    """Main text of a page, split at h1-h6, with its FAQ entries; chrome and scripts dropped.
 
     Page-level ``<header>``/``<footer>`` are chrome, but the same tags inside ``<article>`` or
     ``<main>`` hold the article's own title and notes, so those are kept. When the page has a
-    ``<main>``, only it is read.
+    ``<main>``, only it is read. FAQ entries come from the page's own FAQ markup (see
+    ``retrieval.faq_html``), from question headings and from question lines (``retrieval.outline``);
+    FAQPage JSON-LD adds the questions the visible page does not have.
     """
     declared = EncodingDetector.find_declared_encoding(data, is_html=True)
     soup = BeautifulSoup(decode_text(name, data, declared), "lxml")
@@ -54,29 +80,39 @@ def parse_html(name: str, data: bytes, settings: IngestSettings) -> list[ParsedD
     title = (soup.title.get_text(" ", strip=True) if soup.title else "") or (
         h1.get_text(" ", strip=True) if h1 else ""
     )
+    structured = jsonld_entries(soup)
     chrome = [t for t in soup.find_all(["header", "footer"]) if not t.find_parent(["article", "main"])]
-    hidden = soup.find_all(attrs={"hidden": True}) + soup.find_all(attrs={"aria-hidden": "true"})
-    for tag in soup.find_all(_DROP) + chrome + hidden:
+    for tag in soup.find_all(_DROP) + chrome:
         if not tag.decomposed:
             tag.decompose()
     root = soup.find("main") or soup.body or soup
-    for tag in root.find_all(_BLOCKS):
-        tag.insert_before(_BREAK)
-        tag.append(_BREAK)
+    entries = take_entries(root, soup)
+    hidden = soup.find_all(attrs={"hidden": True}) + soup.find_all(attrs={"aria-hidden": "true"})
+    for tag in soup.find_all(_DROP_AFTER) + hidden:
+        if not tag.decomposed:
+            tag.decompose()
+    _mark_strong(root)
+    for rule in root.find_all("hr"):
+        rule.append(_RULE)
+    mark_blocks(root)
 
-    outline, body, current = Outline(), [], None
+    outline, body, current = Outline(MARKED), [], None
     for string in root.find_all(string=True):
         if isinstance(string, PreformattedString):  # comments, CDATA, doctype
             continue
-        heading = string.find_parent(_HEADINGS)
+        heading = string.find_parent(HEADINGS)
         if heading is None:
             body.append(str(string))
         elif heading is not current:  # identity: Tag.__eq__ compares markup, not position
-            outline.add(_lines(body))
+            _add_lines(outline, lines(body), entries)
             body, current = [], heading
-            outline.heading(int(heading.name[1]), heading.get_text(" ").replace(_BREAK, " "))
-    outline.add(_lines(body))
-    return single_document(name, title, outline.sections(title), "text/html")
+            outline.heading(int(heading.name[1]), heading.get_text(" ").replace(BREAK, " "))
+    _add_lines(outline, lines(body), entries)
+    sections = outline.sections(title)
+    on_page = {" ".join(s.question.split()).casefold() for s in sections if s.kind == "faq"}
+    sections += [faq_section(q, a, q, "") for q, a in structured
+                 if " ".join(q.split()).casefold() not in on_page]
+    return single_document(name, title, sections, "text/html")
 
 
 # --- PDF --------------------------------------------------------------------------------------
@@ -169,14 +205,50 @@ def _table_text(table) -> str:
     return "\n".join(r for r in rows if r)
 
 
+def _bold(run, paragraph) -> bool:
+    """Whether a run shows bold: its own setting, else its character style's, else its paragraph's."""
+    if run.bold is not None:
+        return run.bold
+    for style in (run.style, paragraph.style):
+        while style is not None:
+            if style.font.bold is not None:
+                return style.font.bold
+            style = style.base_style
+    return False
+
+
+def _marked_text(paragraph) -> str:
+    """The paragraph's text with bold spans between ``faq_layouts`` bold markers.
+
+    Word splits text into runs at every formatting or revision change, so one bold question is
+    often several runs; whitespace between two bold runs does not end the span.
+    """
+    out, bold = [], False
+    for part in paragraph.iter_inner_content():
+        for run in part.runs if isinstance(part, Hyperlink) else [part]:
+            text = run.text
+            if not text.strip():
+                out.append(text)
+                continue
+            now = _bold(run, paragraph)
+            if now != bold:
+                out.append(STRONG_OPEN if now else STRONG_CLOSE)
+                bold = now
+            out.append(text)
+    return "".join(out) + (STRONG_CLOSE if bold else "")
+
+
 def parse_docx(name: str, data: bytes, settings: IngestSettings) -> list[ParsedDocument]:
-    """Sections at "Heading N" paragraphs; tables become "cell | cell" lines in place."""
+    """Sections at "Heading N" paragraphs; FAQ entries at question headings and bold questions.
+
+    Tables become "cell | cell" lines in place.
+    """
     try:
         document = docx.Document(io.BytesIO(data))
-        outline, style_title = Outline(), ""
+        outline, style_title = Outline(MARKED), ""
         for item in document.iter_inner_content():
             if isinstance(item, docx.table.Table):
-                outline.add(_table_text(item))
+                outline.add(_table_text(item), may_ask=False)
                 continue
             level = _heading_level(item)
             if level == -1:
@@ -184,7 +256,7 @@ def parse_docx(name: str, data: bytes, settings: IngestSettings) -> list[ParsedD
             elif level:
                 outline.heading(level, item.text)
             else:
-                outline.add(item.text)
+                outline.add(_marked_text(item))
         core_title = (document.core_properties.title or "").strip()
     except Exception as err:
         raise IngestError(
