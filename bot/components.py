@@ -14,7 +14,9 @@ import threading
 from functools import cached_property
 from typing import Any, Callable, Mapping, TypeVar
 
+from bot.checker import Checker, load_checker
 from bot.conversations import ConversationStore
+from bot.core.errors import ConfigError
 from bot.core.settings import DialogueSettings, Settings
 from bot.core.store import Database
 from bot.dialogue import DialogueManager
@@ -29,7 +31,7 @@ from retrieval.knowledge import KnowledgeBase
 from retrieval.snapshot import LiveSnapshot, SnapshotStore, StoredVectors
 from retrieval.types import Embedder
 
-PARTS = ("db", "embedder", "snapshots", "knowledge", "generator", "conversations")
+PARTS = ("db", "embedder", "snapshots", "knowledge", "generator", "checker", "conversations")
 T = TypeVar("T")
 
 
@@ -121,6 +123,21 @@ class Components:
         ))
 
     @cached_property
+    def checker(self) -> Checker | None:
+        """The support checker of generated sentences (``dialogue.checker``; "" = none)."""
+        return self._part("checker", lambda: self._load_checker(self.settings.dialogue.checker))
+
+    def _load_checker(self, name: str) -> Checker | None:
+        if not name:
+            return None
+        try:
+            return load_checker(name, self.embedder)
+        except ConfigError as exc:
+            raise ConfigError(f"dialogue.checker={name!r}: {exc.message}. Use the embedder it was fitted "
+                              "with, refit it (bench/train_checker.py), or set dialogue.checker to "
+                              "'overlap' (word overlap) or '' (no checking)") from exc
+
+    @cached_property
     def conversations(self) -> ConversationStore:
         return self._part("conversations", lambda: ConversationStore(self.db))
 
@@ -136,7 +153,10 @@ class Components:
                 self.settings.dialogue.selector, self.settings.dialogue.selector_threads):
             selector = build_selector(dialogue, self.embedder,
                                       stored_vectors=StoredVectors(self.live(bot).get))
-        return TurnPipeline(self.retriever(bot), selector, gen, ExtractiveGenerator(), dialogue)
+        checker = (self.checker if dialogue.checker == self.settings.dialogue.checker
+                   else self._load_checker(dialogue.checker))
+        return TurnPipeline(self.retriever(bot), selector, gen, ExtractiveGenerator(), dialogue,
+                            checker=checker, embedder=self.embedder)
 
     def dialogue(self, bot: str | None = None) -> DialogueManager:
         bot = bot or self.settings.default_bot

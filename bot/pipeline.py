@@ -16,12 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
+from bot.checker import Checker
 from bot.core.settings import DialogueSettings
 from bot.generators.base import GenerationStream, Generator, ReplyGuard, guarded
 from bot.policy import ANSWER, CLARIFY, DIRECT, HANDOFF, Decision, decide, direct_source, with_selection
+from bot.grounding import GroundedReply
 from bot.prompting import build_messages
 from bot.selection import Selection, Selector
-from retrieval.types import Hit, Retriever
+from retrieval.types import Embedder, Hit, Retriever
 
 
 @dataclass
@@ -80,12 +82,16 @@ class TurnPipeline:
         generator: Generator | None,
         direct_generator: Generator,
         settings: DialogueSettings,
+        checker: Checker | None = None,
+        embedder: Embedder | None = None,
     ):
         self.retriever = retriever
         self.selector = selector
         self.generator = generator  # None: plans only (evaluation without generation, training)
         self.direct_generator = direct_generator
         self.settings = settings
+        self.checker = checker  # None: generated sentences are shown unchecked
+        self.embedder = embedder  # picks the fallback's sentences closest to the question
 
     # -- retrieve and plan ------------------------------------------------------------------
     def retrieve(self, message: str, turns: Sequence[dict]) -> list[Hit]:
@@ -151,7 +157,9 @@ class TurnPipeline:
     def reply(self, plan: Plan, message: str, turns: Sequence[dict]) -> ReplyStream:
         """The answer's text stream. A model's reply ends at ``dialogue.stop`` and, with
         ``cut_repeated_lines``, before a line that repeats an earlier one (``ReplyGuard``, the one
-        place replies are cut); an FAQ's own answer is shown as written."""
+        place replies are cut); with a checker, it is shown sentence by sentence, each only when
+        the sources support it, else the sources' own words (``bot/grounding.py``). An FAQ's own
+        answer is shown as written."""
         if plan.decision.action != ANSWER:
             raise ValueError(f"only an answer has a reply stream, not a {plan.decision.action}")
         generator = self.generator_for(plan)
@@ -161,7 +169,12 @@ class TurnPipeline:
         if plan.direct:
             return ReplyStream(generator, messages, stream, iter(stream))
         guard = ReplyGuard(self.settings.stop, self.settings.cut_repeated_lines)
-        return ReplyStream(generator, messages, stream, guarded(stream, guard))
+        shown: Iterator[str] = guarded(stream, guard)
+        if self.checker is not None:
+            shown = GroundedReply(shown, plan.sources, message, self.checker, self.settings.fallback_intro,
+                                  embed=self.embedder.embed if self.embedder is not None else None,
+                                  close=stream.close)
+        return ReplyStream(generator, messages, stream, shown)
 
     def model_id(self, plan: Plan) -> str:
         """The model id stored with the reply ("" unless the bot answers)."""

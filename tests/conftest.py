@@ -17,6 +17,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Most tests run tiny parts (a hashing embedder, scripted generators) that the bundled support
+# checker was not fitted for: they test the unchecked reply path, and the tests of grounded replies
+# (tests/test_grounding.py) set dialogue.checker themselves (keyword settings beat the environment).
+os.environ.setdefault("SUPPORTBOT_DIALOGUE__CHECKER", "")
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_FAQ = REPO / "samples" / "faq"

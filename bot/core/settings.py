@@ -126,6 +126,11 @@ class DialogueSettings(BaseModel):
     # sources again, "[2] Title: ..."), and where a line repeats an earlier one (a loop).
     stop: list[str] = ["\n[", "\nSources:", "\nQuestion:"]
     cut_repeated_lines: bool = True
+    # Every generated sentence is shown only when the sources support it (bot/grounding.py, the
+    # support checker of bot/checker.py, fitted by bench/train_checker.py); when none could be
+    # shown, the reply is the top source's own words after ``fallback_intro``. "" = no checking.
+    checker: str = "default"
+    fallback_intro: str = "Here is what our help center says:"
     # Short and direct: the default 135M model follows a brief instruction best (bot/prompting.py).
     system_prompt: str = (
         "You are a customer-support assistant. Answer in one or two short sentences, using only "

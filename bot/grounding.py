@@ -1,0 +1,121 @@
+"""No reply says what its sources don't: a generated reply is shown sentence by sentence, each only
+once the sources support it.
+
+``GroundedReply(pieces, sources, question, checker, ...)`` reads the model's text pieces (already
+cut at stop strings and repeated lines, ``bot.generators.base.ReplyGuard``), splits them into
+sentences as they complete (``SentenceSplitter``) and, for each sentence:
+
+* drops it and stops when it is degenerate (a number loop, an echoed source header or question,
+  a repeated sentence: ``bot.checking.degenerate``);
+* shows it when ``checker.supports(source texts, sentence) >= checker.threshold``;
+* otherwise stops the model there (``rejected`` says why).
+
+When nothing could be shown, the reply falls back to the sources' own words: ``fallback_intro``
+and the top source's answer (an FAQ entry's own answer, or the sentences of a passage closest to
+the question), cited ``[1]``. What was shown is what the dialogue manager stores.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from bot.checker import Checker, DegenerateGuard, SentenceSplitter, split_sentences
+from bot.generators.extractive_generator import unwrap
+from retrieval.types import Hit
+
+MAX_FALLBACK_SENTENCES = 3
+
+
+def source_text(hit: Hit) -> str:
+    """What a sentence is checked against: the passage as the prompt shows it (an FAQ entry's
+    question and answer, or the passage text)."""
+    answer = hit.faq_answer
+    if answer and hit.question:
+        return f"{hit.question}\n{answer}"
+    return str(hit.text or "")
+
+
+def fallback_text(source: Hit, question: str, embed: Callable[[Sequence[str]], np.ndarray] | None,
+                  intro: str) -> str:
+    """The sources' own words for ``question``: an FAQ entry's whole answer, else the (up to three)
+    sentences of the passage most similar to the question, in the passage's order."""
+    answer = source.faq_answer
+    if answer:
+        words = unwrap(answer).strip()
+    else:
+        sentences = [s.strip() for s in split_sentences(str(source.text or "")) if s.strip()]
+        if len(sentences) > MAX_FALLBACK_SENTENCES and embed is not None:
+            vecs = embed([question] + sentences)
+            sims = vecs[1:] @ vecs[0]
+            keep = sorted(np.argsort(-sims)[:MAX_FALLBACK_SENTENCES].tolist())
+            sentences = [sentences[i] for i in keep]
+        words = " ".join(sentences[:MAX_FALLBACK_SENTENCES]) if sentences else str(source.text or "").strip()
+    return f"{intro}\n\n{words} [1]" if intro else f"{words} [1]"
+
+
+class GroundedReply(Iterator[str]):
+    """The supported sentences of a generated reply, or the sources' own words (module docstring)."""
+
+    def __init__(self, pieces: Iterator[str], sources: Sequence[Hit], question: str, checker: Checker,
+                 intro: str, embed: Callable[[Sequence[str]], np.ndarray] | None = None,
+                 close: Callable[[], None] | None = None):
+        self.sources = list(sources)
+        self.question = question
+        self.checker = checker
+        self.intro = intro
+        self.embed = embed
+        self._pieces = pieces
+        self._close = close
+        self._texts = [source_text(h) for h in self.sources]
+        self.rejected: tuple[str, str] | None = None  # (sentence, reason) that stopped the reply
+        self.fell_back = False
+        self.shown = 0  # sentences shown
+        self._it = self._run()
+
+    def __iter__(self) -> "GroundedReply":
+        return self
+
+    def __next__(self) -> str:
+        return next(self._it)
+
+    def close(self) -> None:
+        self._it.close()
+        if self._close is not None:
+            self._close()
+
+    def _verdict(self, guard: DegenerateGuard, sentence: str) -> str | None:
+        """None when ``sentence`` may be shown, else the reason it may not."""
+        if not sentence.strip():
+            return None
+        reason = guard.check(sentence)
+        if reason is not None:
+            return reason
+        score = self.checker.supports(self._texts, sentence)
+        return None if score >= self.checker.threshold else f"unsupported ({score:.2f})"
+
+    def _run(self) -> Iterator[str]:
+        splitter = SentenceSplitter()
+        guard = DegenerateGuard(self._texts, self.question)
+
+        def judged(sentences: list[str]) -> Iterator[str]:
+            for sentence in sentences:
+                reason = self._verdict(guard, sentence)
+                if reason is not None:
+                    self.rejected = (sentence, reason)
+                    return
+                if sentence.strip():
+                    self.shown += 1
+                yield sentence
+
+        for piece in self._pieces:
+            yield from judged(splitter.feed(piece))
+            if self.rejected is not None:
+                break
+        if self.rejected is None:
+            yield from judged(splitter.flush())
+        if self.rejected is not None and self._close is not None:
+            self._close()  # stop generating: nothing after an unsupported sentence is shown
+        if self.rejected is not None and self.shown == 0 and self.sources:
+            self.fell_back = True
+            yield fallback_text(self.sources[0], self.question, self.embed, self.intro)

@@ -1,0 +1,140 @@
+"""Grounded replies: a generated sentence is shown only when the sources support it; degenerate
+output never reaches the stream; with nothing supported, the sources' own words are the reply."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.checker import OverlapChecker, load_checker
+from bot.generators.base import GenerationStream
+from bot.grounding import GroundedReply, fallback_text, source_text
+from retrieval.types import Hit
+
+REPO = Path(__file__).resolve().parent.parent
+INTRO = "Here is what our help center says:"
+RETURNS = Hit(
+    1, "returns.md#used", "Returns", "Can I return used gear?\nUsed items can only be returned under "
+    "the warranty if they are defective. Unused items can be returned within 30 days.",
+    2.0, 0.9, metadata={"question": "Can I return used gear?",
+                        "answer": "Used items can only be returned under the warranty if they are "
+                                  "defective. Unused items can be returned within 30 days.",
+                        "kind": "faq"})
+PAGE = Hit(2, "shipping.md", "Shipping", "We ship with UPS. Orders leave our warehouse within two "
+           "business days. Shipping is free over $50. We do not ship to PO boxes.", 1.0, 0.5)
+
+
+class Pieces:
+    """A model's stream of pieces that records whether it was stopped."""
+
+    def __init__(self, pieces):
+        self.pieces = list(pieces)
+        self.closed = False
+        self.read = 0
+
+    def __iter__(self):
+        for p in self.pieces:
+            self.read += 1
+            yield p
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from bot.core.settings import EmbedderSettings
+    from retrieval.embedder import build_embedder
+
+    return build_embedder(EmbedderSettings()).load()
+
+
+@pytest.fixture(scope="module")
+def checker(minilm):
+    return load_checker("default", minilm)
+
+
+def run(pieces, sources, checker, question="Can I return used gear?", embed=None):
+    src = Pieces(pieces)
+    reply = GroundedReply(iter(src), sources, question, checker, INTRO, embed=embed, close=src.close)
+    return "".join(reply), reply, src
+
+
+def test_supported_sentences_stream_as_they_complete(checker):
+    text, reply, src = run(["Unused items can be ", "returned within 30 days [1]. ",
+                            "Used items only under the warranty ", "if they are defective [1]."],
+                           [RETURNS], checker)
+    assert text == "Unused items can be returned within 30 days [1]. Used items only under the warranty if they are defective [1]."
+    assert reply.rejected is None and reply.shown == 2 and not reply.fell_back
+
+
+def test_a_contradicting_reply_falls_back_to_the_sources_words(checker):
+    text, reply, src = run(["Yes, you can return ", "used gear [1]. ", "We can repair it, ", "replace it ",
+                            "or refund it."], [RETURNS], checker)
+    assert reply.rejected is not None and reply.rejected[0].startswith("Yes, you can return used gear")
+    assert reply.fell_back and src.closed, "generation is stopped at the unsupported sentence"
+    # a sentence ends once the next one's first character is seen: the model is stopped there
+    assert src.read == 3, "nothing more is read from the model after the rejected sentence"
+    assert text == f"{INTRO}\n\n{RETURNS.metadata['answer']} [1]"
+    assert "Yes" not in text
+
+
+def test_a_changed_number_after_a_supported_sentence_ends_the_reply_there(checker):
+    text, reply, _ = run(["Unused items can be returned within 30 days [1]. ",
+                          "Refunds reach your card within 2 hours."], [RETURNS], checker)
+    assert text == "Unused items can be returned within 30 days [1]. "
+    assert reply.rejected[0] == "Refunds reach your card within 2 hours." and not reply.fell_back
+
+
+@pytest.mark.parametrize("pieces", [
+    ["1. 1. 1. 2. 3. 4. 5. 6. 7. 8."],
+    ["[1] Returns: Can I return used gear?\n"],
+    ["Can I return used gear?"],
+])
+def test_degenerate_output_never_reaches_the_stream(pieces):
+    text, reply, _ = run(pieces, [RETURNS], OverlapChecker(threshold=0.0))
+    assert reply.rejected is not None and reply.fell_back
+    assert text.startswith(INTRO) and pieces[0].strip() not in text.replace(RETURNS.metadata["answer"], "")
+
+
+def test_fallback_of_a_help_page_picks_the_sentences_closest_to_the_question(minilm):
+    text = fallback_text(PAGE, "do you deliver to a PO box?", minilm.embed, INTRO)
+    assert text.startswith(INTRO) and text.endswith(" [1]")
+    assert "We do not ship to PO boxes." in text and text.count(".") <= 4
+    assert source_text(RETURNS).startswith("Can I return used gear?\nUsed items")
+
+
+def test_the_dialogue_stores_what_was_shown(settings, minilm):
+    """End to end: a scripted model states a policy the FAQ contradicts; the visitor sees and the
+    store keeps the FAQ's own words, with the source cited."""
+    from bot.components import Components
+    from bot.core.events import text as joined_text
+
+    class Inventing:
+        model_id, tokenizer, last_usage = "inventing", None, None
+
+        def load(self):
+            return self
+
+        def count_tokens(self, text):
+            return len(text.split())
+
+        def stream(self, messages, **params):
+            def pieces(handle):
+                for p in ("Yes, you can return ", "used gear at any time [1]. ", "We refund everything."):
+                    handle.usage["completion_tokens"] += 1
+                    yield p
+            return GenerationStream(pieces, self.model_id)
+
+    settings.dialogue = settings.dialogue.model_copy(update={
+        "checker": "default", "answer_threshold": 0.0, "clarify_threshold": 0.0,
+        "direct_answer_threshold": 2.0, "selector": ""})
+    comps = Components(settings, parts={"embedder": minilm, "generator": Inventing()})
+    comps.knowledge.ingest("default", [REPO / "samples" / "faq"], progress=False)
+    cid = comps.conversations.create(comps.db.bot_id("default"), "visitor")
+    events = list(comps.dialogue().respond(cid, "Can I return used gear?"))
+    reply = joined_text(events)
+    assert reply.startswith(INTRO) and "at any time" not in reply and reply.endswith("[1]")
+    stored = comps.conversations.history(cid)[1]
+    assert stored["text"] == reply and stored["complete"] is True
+    assert [e.type for e in events][-2:] == ["sources", "done"]
