@@ -71,7 +71,7 @@ def sites(built: Path) -> list[dict]:
             continue
         files = [p for p in sorted(folder.iterdir())
                  if p.is_file() and p.name not in SKIP_FILES and p.suffix not in (".py", ".json")]
-        files += sorted((built / folder.name).glob("*")) if (built / folder.name).is_dir() else []
+        files += sorted(built.glob(f"{folder.name}.*"))  # built from its sources (build_docx.py)
         out.append({"name": folder.name, "part": split.get(folder.name, "fit"), "files": [str(f) for f in files],
                     "questions": json.loads(qfile.read_text())["questions"]})
     sample_q = CORPUS / "sample_faq_questions.json"
@@ -93,9 +93,9 @@ def worker(args) -> None:
     sys.path.insert(0, str(Path(args.code).resolve()))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    try:
+    if (Path(args.code) / "bot" / "core").is_dir():
         from bot.core.settings import Settings
-    except ImportError:  # the previous commit's layout
+    else:  # the previous commit's layout
         from bot.settings import Settings
     from bot.components import Components
 

@@ -122,11 +122,16 @@ class TurnPipeline:
 
     # -- what the visitor is shown ---------------------------------------------------------
     def clarify(self, hits: Sequence[Hit]) -> tuple[str, list[Hit]]:
-        """A clarifying question offering the (up to two) best distinct topics."""
+        """A clarifying question offering the best topic and, when one is genuinely close to it
+        (confidence at least ``clarify_ratio`` of the top's), a second distinct one; never a topic
+        far below the top."""
         topics: list[str] = []
         offered: list[Hit] = []
+        top = float(hits[0].confidence) if hits else 0.0
         for h in hits:
             topic = (h.question or str(h.title or "")).strip()
+            if offered and float(h.confidence) < self.settings.clarify_ratio * top:
+                break
             if topic and topic.lower() not in {t.lower() for t in topics}:
                 topics.append(topic)
                 offered.append(h)

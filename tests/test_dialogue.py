@@ -442,3 +442,18 @@ def test_chat_cli_streams_answers_with_sources(tmp_path, monkeypatch):
     comps = Components(Settings(data_dir=tmp_path / "var"))
     convs = comps.conversations.list(comps.db.bot_id("default"))
     assert len(convs) == 1 and convs[0]["status"] == "handed_off" and convs[0]["message_count"] == 4
+
+
+def test_clarify_offers_a_second_topic_only_when_it_is_close():
+    def faq(i, question, conf):
+        return Hit(chunk_id=i, doc_id=f"d{i}", title="FAQ", text=question, score=1.0, confidence=conf,
+                   metadata={"question": question})
+
+    settings = dialogue_settings(clarify_ratio=0.5)
+    pipeline = TurnPipeline(None, RuleSelector(settings), None, ExtractiveGenerator(), settings)
+    close = [faq(1, "How long is the warranty?", 0.30), faq(2, "Can I return used gear?", 0.20)]
+    text, offered = pipeline.clarify(close)
+    assert [h.chunk_id for h in offered] == [1, 2] and "warranty" in text and "used gear" in text
+    far = [faq(1, "How long is the warranty?", 0.30), faq(2, "Is an item missing from my order?", 0.05)]
+    text, offered = pipeline.clarify(far)
+    assert [h.chunk_id for h in offered] == [1] and "missing" not in text

@@ -161,6 +161,9 @@ class DialogueSettings(BaseModel):
         "Of course. I've asked a member of our team to join this conversation; they will reply "
         "here as soon as they can."
     )
+    # A clarifying question offers a second topic only when its confidence is at least this share
+    # of the top topic's (two genuinely close topics); otherwise it asks about the top one alone.
+    clarify_ratio: float = 0.5
     clarify_message: str = (
         "I'm not sure I understood. Are you asking about {topics}? You can rephrase your "
         "question, or ask to talk to a person."
