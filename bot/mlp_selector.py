@@ -57,6 +57,8 @@ def features(qvec: np.ndarray, hvecs: np.ndarray, hits: Sequence[Hit], k: int) -
 class LearnedSelector:
     """``select(message, hits, k)``: the passages with P >= threshold (always the best one)."""
 
+    judges = False  # it always selects something: the retrieval confidence decides
+
     def __init__(self, embedder, weights: dict[str, np.ndarray], meta: dict, stored_vectors=None):
         self.embedder = embedder
         # chunk ids -> (n, d) stored passage vectors, or None (then the texts are embedded)

@@ -110,12 +110,12 @@ class TurnPipeline:
         that answers the question becomes the reply itself."""
         hits = list(hits)
         decision = decide(message, hits, self.settings)
-        if decision.action == HANDOFF:
+        if decision.reason in ("requested", "no_knowledge") or (
+                decision.action == HANDOFF and not self.selector.judges):
             return Plan(decision, hits, [])
         selection = self.select(message, hits, turns)
-        decision = with_selection(decision, selection.needs_knowledge)
-        judged = selection.passages if selection.needs_knowledge is not None else None
-        direct = direct_source(decision, hits, self.settings, judged)
+        decision = with_selection(decision, selection)
+        direct = direct_source(decision, hits, self.settings, selection)
         if direct is not None:
             return Plan(Decision(ANSWER, DIRECT, decision.confidence), hits, [direct])
         return Plan(decision, hits, selection.passages if decision.action == ANSWER else [])

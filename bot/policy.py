@@ -9,16 +9,15 @@ Decision, from the top hit's calibrated confidence ``c`` (the retriever's P(top 
   clarify_threshold <= c < answer_threshold  -> ask the visitor to rephrase / pick a topic
   c < clarify_threshold (or no hit)          -> polite refusal and hand-off to a person
 A selector that judges whether the turn needs knowledge (``Selection.needs_knowledge``) then
-upgrades an ask-back to an answer when it selected passages, and turns an answer into an ask-back
-when it selected none (``with_selection``). A hand-off stays one: letting the selector override
-it answered out-of-scope questions (``bench/calibrate_policy.py`` measures it).
+decides (``with_selection``): it answers what it grounded, hands off a knowledge turn it could
+not ground, and does not answer a turn that needs no knowledge.
 
 Direct answers (``direct_source``): when the bot answers and the top hit is an FAQ entry (a
 question with its answer) at confidence >= ``direct_answer_threshold``, the reply is that entry's
 own answer, verbatim and cited, instead of a generated one (what Dify calls an annotation reply).
 The site owner wrote that answer for this question; a small model paraphrasing it can only make it
-worse. The threshold is chosen by ``bench/calibrate_direct.py``. With a selector that judges
-knowledge, only when it chose that entry alone.
+worse. With a selector that scores passages, the threshold is on its P(grounds the answer) of the
+entry; otherwise on the retrieval confidence. It is chosen by ``bench/calibrate_direct.py``.
 """
 from __future__ import annotations
 
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from bot.core.settings import DialogueSettings
+from bot.selection import Selection
 from retrieval.types import Hit
 
 ANSWER, CLARIFY, HANDOFF = "answer", "clarify", "handoff"
@@ -69,27 +69,39 @@ def decide(message: str, hits: Sequence[Hit], settings: DialogueSettings) -> Dec
     return Decision(HANDOFF, "low_confidence", c)
 
 
-def with_selection(decision: Decision, needs_knowledge: bool | None) -> Decision:
-    """The decision once a selector judged the turn (``needs_knowledge``; None: it does not)."""
-    if needs_knowledge is None or decision.action == HANDOFF:
+def with_selection(decision: Decision, selection: Selection) -> Decision:
+    """The decision once a selector judged the turn (``selection.needs_knowledge``; None: it does
+    not, and the retrieval confidence alone decides).
+
+    A selector that judges knowledge decides: it answers when it selected passages (also a turn the
+    retrieval confidence would ask back on or hand off: the selector read the question and the
+    passage together), hands off a knowledge turn it found nothing to ground (the knowledge base
+    does not answer it) and does not answer a turn that needs no knowledge. An explicit request for
+    a person and an empty retrieval stay hand-offs."""
+    if selection.needs_knowledge is None or decision.reason in ("requested", "no_knowledge"):
         return decision
-    if needs_knowledge and decision.action == CLARIFY:
-        return Decision(ANSWER, "selected", decision.confidence)
-    if not needs_knowledge and decision.action == ANSWER:
-        return Decision(CLARIFY, "nothing_selected", decision.confidence)
-    return decision
+    if selection.passages:
+        return decision if decision.action == ANSWER else Decision(ANSWER, "selected", decision.confidence)
+    if selection.needs_knowledge:
+        return Decision(HANDOFF, "not_in_knowledge", decision.confidence)
+    return decision if decision.action != ANSWER else Decision(CLARIFY, "no_knowledge_needed", decision.confidence)
 
 
-def direct_source(
-    decision: Decision, hits: Sequence[Hit], settings: DialogueSettings, selected: Sequence[Hit] | None = None,
-) -> Hit | None:
+def direct_source(decision: Decision, hits: Sequence[Hit], settings: DialogueSettings,
+                  selection: Selection | None = None) -> Hit | None:
     """The FAQ entry to reply with verbatim, or None to generate (see the module docstring).
 
-    ``selected``: what a selector that judges knowledge chose; then the top hit is replied
-    directly only when it is the one passage chosen (a question that needs reviews too gets a
-    generated reply grounded in all of them)."""
-    if decision.action != ANSWER or not hits or float(hits[0].confidence) < settings.direct_answer_threshold:
+    With a selector that scores its passages (``selection.scores``), the passage it finds most
+    likely to ground the answer, when that is an FAQ entry at P >= ``direct_answer_threshold`` and
+    no other kind of passage (a review, a help page) was selected with it; otherwise the top hit
+    at retrieval confidence >= the threshold."""
+    if decision.action != ANSWER or not hits:
         return None
-    if selected is not None and [h.chunk_id for h in selected] != [hits[0].chunk_id]:
+    if selection is not None and selection.scores is not None:
+        if not selection.passages or any(not h.faq_answer for h in selection.passages):
+            return None
+        best = max(range(len(selection.passages)), key=lambda i: selection.scores[i])
+        return selection.passages[best] if selection.scores[best] >= settings.direct_answer_threshold else None
+    if float(hits[0].confidence) < settings.direct_answer_threshold:
         return None
     return hits[0] if hits[0].faq_answer else None

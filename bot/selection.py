@@ -40,6 +40,7 @@ class Selection:
 @runtime_checkable
 class Selector(Protocol):
     pool: int  # retrieval candidates it reads (0: what the policy gets, ``dialogue.candidates``)
+    judges: bool  # it judges whether a turn needs knowledge (then it decides, ``bot/policy.py``)
 
     def select(self, message: str, hits: Sequence[Hit], k: int, turns: Sequence[dict] = ()) -> Selection:
         """At most ``k`` of ``hits`` (best first) that ground the answer to ``message``; ``turns``
@@ -54,6 +55,7 @@ class RuleSelector:
     ``bench/calibrate_policy.py``."""
 
     pool = 0
+    judges = False
 
     def __init__(self, settings: DialogueSettings):
         self.settings = settings

@@ -193,7 +193,8 @@ def test_bundled_cross_selector_is_complete():
 @pytest.mark.parametrize("detect, answer_at, clarify_at, action, n_sources", [
     (0.0, 1.1, 0.0, "answer", 3),  # retrieval alone would ask back; the selector selects: answer
     (1.01, 0.0, 0.0, "clarify", 0),  # retrieval alone would answer; the selector selects nothing
-    (0.0, 1.1, 1.1, "handoff", 0),  # out of scope for retrieval: handed off whatever the selector says
+    (0.0, 1.1, 1.1, "answer", 3),  # retrieval alone would hand off; the selector grounds it: answer
+    (1.01, 1.1, 1.1, "handoff", 0),  # retrieval hands off and the selector selects nothing: still a hand-off
 ])
 def test_pipeline_lets_the_selector_decide(tiny_base, tmp_path, settings, detect, answer_at, clarify_at,
                                                    action, n_sources):

@@ -12,11 +12,11 @@ from bot.dialogue import DialogueManager
 from bot.generators.base import GenerationStream
 from bot.generators.extractive_generator import ExtractiveGenerator
 from bot.pipeline import TurnPipeline
-from bot.selection import RuleSelector, build_selector
+from bot.selection import RuleSelector, Selection, build_selector
 from bot.core.errors import NotFound, SupportbotError
 from bot.core.events import text as joined_text
 from bot.generators.extractive_generator import unwrap
-from bot.policy import ANSWER, CLARIFY, HANDOFF, Decision, decide, direct_source, wants_human
+from bot.policy import ANSWER, CLARIFY, HANDOFF, Decision, decide, direct_source, wants_human, with_selection
 from bot.core.settings import DialogueSettings
 from retrieval.embedder import HashingEmbedder
 from retrieval.types import Hit
@@ -347,10 +347,28 @@ def test_direct_source_needs_an_answer_decision_a_confident_top_hit_and_an_faq_e
     assert direct_source(Decision(CLARIFY, "ambiguous", 0.95), [faq], s) is None
     assert direct_source(answer, [faq], DialogueSettings(direct_answer_threshold=0.96)) is None
     assert direct_source(answer, [], s) is None
-    # behind a trusted selector: only when it chose the FAQ entry alone
-    assert direct_source(answer, [faq, page], s, selected=[faq]) is faq
-    assert direct_source(answer, [faq, page], s, selected=[faq, page]) is None
-    assert direct_source(answer, [faq, page], s, selected=[]) is None
+    # behind a selector that scores: its most likely FAQ entry at P >= the threshold, and only when
+    # no other kind of passage is needed with it
+    other = Hit(chunk_id=3, doc_id="g", title="Billing", text="Can I pay later?\nNo.", score=1.5,
+                confidence=0.5, metadata={"question": "Can I pay later?", "answer": "No."})
+    assert direct_source(answer, [page, faq], s, Selection([faq], True, [0.95])) is faq
+    assert direct_source(answer, [faq, other], s, Selection([faq, other], True, [0.5, 0.93])) is other
+    assert direct_source(answer, [faq, other], s, Selection([faq, other], True, [0.5, 0.6])) is None
+    assert direct_source(answer, [faq, page], s, Selection([faq, page], True, [0.99, 0.9])) is None
+    assert direct_source(answer, [faq, page], s, Selection([], True, [])) is None
+
+
+def test_a_selector_that_judges_knowledge_decides():
+    answer, ask, low = (Decision(ANSWER, "confident", 0.9), Decision(CLARIFY, "ambiguous", 0.2),
+                        Decision(HANDOFF, "low_confidence", 0.01))
+    grounded = Selection([hit(1, 1.0, 0.9)], True, [0.9])
+    assert with_selection(ask, grounded).action == ANSWER and with_selection(low, grounded).action == ANSWER
+    assert with_selection(answer, Selection([], True, [])) == Decision(HANDOFF, "not_in_knowledge", 0.9)
+    assert with_selection(answer, Selection([], False)).action == CLARIFY
+    assert with_selection(low, Selection([], False)).action == HANDOFF
+    for kept in (Decision(HANDOFF, "requested", 0.9), Decision(HANDOFF, "no_knowledge", 0.0)):
+        assert with_selection(kept, grounded) == kept
+    assert with_selection(ask, Selection([hit(1, 1.0, 0.9)])) == ask, "the rule does not judge"
 
 
 def hit(i, score, conf, entity="A") -> Hit:
