@@ -94,6 +94,32 @@ def prepare_kb(
 
 
 
+def selector_top1(pipeline, items, progress: bool = True) -> dict[str, Any]:
+    """How often the selector's most likely passage (its reranking of the retriever's pool) is
+    gold, and how often it selects nothing; over all items and over those of the StackFAQ threads
+    its ``selector.json`` lists as held out (never fitted on)."""
+    from tqdm import tqdm
+
+    held = set((getattr(pipeline.selector, "meta", {}).get("held_out") or {}).get("stackfaq_threads", []))
+    rows = []
+    for item in tqdm(items, desc="selector", unit="q", disable=not progress):
+        hits = pipeline.retrieve(item.query, item.turns)
+        sel = pipeline.select(item.query, hits, item.turns)
+        best = (sel.passages[max(range(len(sel.passages)), key=lambda i: sel.scores[i])]
+                if sel.passages and sel.scores else None)
+        thread = next((int(g.split(":")[1]) for g in item.gold if g.startswith("stackfaq:")), None)
+        rows.append((best is not None and best.doc_id in item.gold, best is None, thread in held))
+
+    def share(part):
+        return {"recall@1": round(sum(r[0] for r in part) / len(part), 4) if part else None,
+                "none_selected": round(sum(r[1] for r in part) / len(part), 4) if part else None, "n": len(part)}
+
+    out = {"all": share(rows)}
+    if held:
+        out["held_out_threads"] = share([r for r in rows if r[2]])
+    return out
+
+
 def evaluate_retrieval(
     kb_path: Path,
     queries_path: Path | None = None,
@@ -121,6 +147,9 @@ def evaluate_retrieval(
     query_desc = "query" if queries_path else f"last {history} turns + query"
     for name in ("dense", "bm25"):
         result[name]["query"] = query_desc
+    pipeline = kb.components.pipeline(kb.bot, with_generator=False)
+    if pipeline.selector.judges:
+        result["selector"] = selector_top1(pipeline, items, progress)
     chunks = result.pop("chunks")
     result.update(
         {
