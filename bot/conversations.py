@@ -322,3 +322,50 @@ class ConversationStore:
                  "resolved_at": _iso(h.resolved_at)}
                 for h in rows
             ]
+
+    # -- progress of unfinished replies (additions for producers in other processes) ---------
+    def heartbeat(self, progress: dict[int, str | None]) -> None:
+        """Record that the producers of these unfinished replies are alive: ``updated_at`` is set
+        to now and, where given, ``text`` to the text so far, in one transaction. Finished rows
+        (``complete``) are left as they are, so a late heartbeat never undoes a final text."""
+        if not progress:
+            return
+        now = utcnow()
+
+        def work(s: Session) -> None:
+            for message_id, text in sorted(progress.items()):
+                values: dict[str, Any] = {"updated_at": now}
+                if text is not None:
+                    values["text"] = text
+                s.execute(update(Message).where(Message.id == message_id, Message.complete.is_(False))
+                          .values(**values))
+
+        self._run(work)
+
+    def message_progress(self, message_id: int) -> dict | None:
+        """``message(message_id)`` plus ``updated_at``: the time of its last write (a datetime in
+        UTC, naive; its creation time when it was never written since)."""
+        with self.db.session() as s:
+            m = s.get(Message, message_id)
+            if m is None:
+                return None
+            return {**self._message_dict(m), "conversation_id": m.conversation_id,
+                    "updated_at": m.updated_at or m.created_at}
+
+    def close_interrupted(self, message_id: int, idle_before: dt.datetime | None = None) -> bool:
+        """End an unfinished reply in error (``complete``, decision ``error``, its text kept), when
+        it has had no write since ``idle_before`` (its producer is gone). True if it was closed."""
+        conditions = [Message.id == message_id, Message.complete.is_(False)]
+        if idle_before is not None:
+            conditions.append(func.coalesce(Message.updated_at, Message.created_at) < idle_before)
+        return bool(self._run(lambda s: s.execute(
+            update(Message).where(*conditions).values(complete=True, decision="error")).rowcount))
+
+    def close_abandoned(self, idle_before: dt.datetime) -> int:
+        """End in error every unfinished reply without a write since ``idle_before`` (replies whose
+        producer died with its process); returns how many."""
+        return int(self._run(lambda s: s.execute(
+            update(Message).where(
+                Message.complete.is_(False), Message.role != "user",
+                func.coalesce(Message.updated_at, Message.created_at) < idle_before,
+            ).values(complete=True, decision="error")).rowcount))

@@ -3,11 +3,19 @@
 The database is the source of truth. Every write (ingest, delete, reindex) commits to the database
 first and then publishes a fresh snapshot (dense FAISS index + BM25 + catalog) built from it, under a
 per-bot file lock, so the index can always be rebuilt and never drifts from the rows.
+
+The index is derived state. Each publish records in the database what the snapshot holds (its
+version, and a digest of its chunk ids and embedding models); ``index_state`` compares that
+record, the snapshot on disk and the chunks in the database, and ``ensure_index`` rebuilds the
+index when they disagree: a lost or damaged index folder, or a process killed between the
+database commit and the publish. The server checks at start; every ingest checks too, so an
+ingest that finds every document unchanged still publishes when the index lacks them.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +26,15 @@ from sqlalchemy import delete, func, or_, select
 from tqdm.auto import tqdm
 
 from bot.core.locks import exclusive
-from bot.core.errors import IngestError, NotFound, SupportbotError
+from bot.core.errors import IndexCorrupt, IngestError, NotFound, SupportbotError
 from bot.core.settings import IndexSettings, IngestSettings
 from bot.core.store import Database
-from bot.core.store.models import Chunk, Document, IndexVersion
+from bot.core.store.models import Bot, Chunk, Document, IndexVersion
 from retrieval.chunking import chunk_document
 from retrieval.parsers import SUPPORTED_SUFFIXES, parse_bytes, parse_file
 from retrieval.types import ChunkInfo, ChunkText, Embedder, ParsedDocument
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,6 +59,33 @@ class IngestReport:
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """Whether a bot's published index holds what its database holds, and if not, why."""
+
+    in_sync: bool
+    reason: str
+    version: int  # the published version (0: none, -1: unreadable)
+    chunks: int  # chunks in the database
+
+
+class _Contents:
+    """A digest of a bot's chunks as the index sees them: ids (new ones on every replace) and the
+    embedding model of each (a re-embed changes it)."""
+
+    def __init__(self):
+        self._h = hashlib.sha256()
+        self.count = 0
+
+    def add(self, chunk_id: int, model: str | None) -> None:
+        self._h.update(f"{int(chunk_id)}:{model or ''}\n".encode())
+        self.count += 1
+
+    @property
+    def digest(self) -> str:
+        return self._h.hexdigest()
 
 
 def content_hash(doc: ParsedDocument) -> str:
@@ -203,6 +240,14 @@ class KnowledgeBase:
                         i += 1
             report.chunks = i
             report.version = self.publish(bot, progress=progress)
+        else:
+            # Nothing new to store, but the index may still lack what the database holds (an
+            # earlier ingest died between its commit and its publish): mend it now.
+            state = self.index_state(bot)
+            if not state.in_sync:
+                log.warning("index of bot %r is out of date (%s): rebuilding it from the database",
+                            bot, state.reason)
+                report.version = self.reindex(bot, progress=progress, only_if_stale=True)
         report.seconds = time.perf_counter() - t0
         return report
 
@@ -217,8 +262,12 @@ class KnowledgeBase:
             s.delete(doc)  # chunks go with it (cascade)
         self.publish(bot)
 
-    def reindex(self, bot: str, progress: bool = False) -> int:
-        """Re-embed chunks whose embedding is missing or from another model, then rebuild the index."""
+    def reindex(self, bot: str, progress: bool = False, only_if_stale: bool = False) -> int | None:
+        """Re-embed chunks whose embedding is missing or from another model, then rebuild the index.
+
+        ``only_if_stale``: publish only when the index still disagrees with the database once the
+        lock is held (another process may have just rebuilt it); None when nothing was published.
+        """
         bot_id = self.db.bot_id(bot)
         model_id = getattr(self.embedder, "model_id", type(self.embedder).__name__)
         with self.db.session() as s:
@@ -239,7 +288,69 @@ class KnowledgeBase:
                 for (cid, _, _), v in zip(stale, vecs):
                     s.get(Chunk, cid).embedding = v.tobytes()
                     s.get(Chunk, cid).embedding_model = model_id
-        return self.publish(bot, progress=progress)
+        return self.publish(bot, progress=progress, only_if_stale=only_if_stale)
+
+    def ensure_index(self, bot: str, progress: bool = False) -> int | None:
+        """Rebuild the bot's index from the database when it does not hold what the database
+        holds (see ``index_state``); the new version, or None when it was in sync."""
+        state = self.index_state(bot)
+        if state.in_sync:
+            return None
+        log.warning("index of bot %r is out of date (%s): rebuilding it from the database (%d chunks)",
+                    bot, state.reason, state.chunks)
+        version = self.reindex(bot, progress=progress, only_if_stale=True)
+        if version is not None:
+            log.warning("index of bot %r rebuilt: version %d", bot, version)
+        return version
+
+    def index_state(self, bot: str) -> IndexState:
+        """Compare the database's chunks, the record of the last publish and the snapshot on disk."""
+        bot_id = self.db.bot_id(bot)
+        model_id = getattr(self.embedder, "model_id", type(self.embedder).__name__)
+        contents, other_model = _Contents(), 0
+        with self.db.session() as s:
+            for cid, emb_model, missing in s.execute(
+                select(Chunk.id, Chunk.embedding_model, Chunk.embedding.is_(None))
+                .where(Chunk.bot_id == bot_id).order_by(Chunk.id)
+            ):
+                contents.add(cid, emb_model)
+                other_model += bool(missing) or emb_model != model_id
+            row = s.get(IndexVersion, bot_id)
+            recorded = (row.version, row.contents, row.chunks) if row is not None else None
+        n = contents.count
+        try:
+            current = self.snapshots.latest_version(bot)
+        except IndexCorrupt as exc:
+            return IndexState(False, f"the CURRENT pointer is unreadable ({exc.message})", -1, n)
+
+        def stale(reason: str) -> IndexState:
+            return IndexState(False, reason, current, n)
+
+        if current <= 0:
+            if n == 0:
+                return IndexState(True, "empty", 0, 0)
+            return stale("no index is published")
+        if other_model:
+            return stale(f"{other_model} chunks lack an embedding by {model_id}")
+        if recorded is None:
+            return stale("no record of the published index in the database")
+        version, digest, chunks = recorded
+        if version != current:
+            return stale(f"index v{current} is current, the database records v{version}")
+        if digest != contents.digest or chunks != n:
+            return stale("the database's chunks differ from the published index")
+        manifest = self.snapshots.manifest(bot, current)
+        if manifest is None:
+            return stale(f"snapshot v{current} is missing or unfinished")
+        if manifest.get("chunks") != n or manifest.get("embedder_id") != model_id:
+            return stale(f"snapshot v{current} holds {manifest.get('chunks')} chunks by "
+                         f"{manifest.get('embedder_id')!r}, the database {n} by {model_id!r}")
+        return IndexState(True, "in sync", current, n)
+
+    def bots(self) -> list[str]:
+        """Every bot of the database, by name."""
+        with self.db.session() as s:
+            return list(s.scalars(select(Bot.name).order_by(Bot.name)))
 
     # ---- reads --------------------------------------------------------------------------
     def documents(self, bot: str, query: str | None = None, limit: int = 1000) -> list[dict]:
@@ -271,14 +382,19 @@ class KnowledgeBase:
             return s.scalar(select(func.count(Document.id)).where(Document.bot_id == bot_id)) or 0
 
     # ---- index publishing ---------------------------------------------------------------
-    def publish(self, bot: str, progress: bool = False) -> int:
-        """Build a snapshot of the bot's chunks from the database and publish it atomically."""
+    def publish(self, bot: str, progress: bool = False, only_if_stale: bool = False) -> int | None:
+        """Build a snapshot of the bot's chunks from the database and publish it atomically, and
+        record what it holds. ``only_if_stale``: None, publishing nothing, when the index already
+        holds what the database holds once the lock is held."""
         from retrieval.bm25_index import BM25Index
         from retrieval.faiss_index import FaissIndex
         from retrieval.snapshot import Snapshot
 
         bot_id = self.db.bot_id(bot)
         with exclusive(self.lock_dir / f"{bot}.lock"):
+            if only_if_stale and self.index_state(bot).in_sync:
+                return None
+            contents = _Contents()
             catalog: dict[int, ChunkInfo] = {}
             ids: list[int] = []
             vecs: list[np.ndarray] = []
@@ -292,6 +408,7 @@ class KnowledgeBase:
                 for c, ext_id, title, source, doc_meta in rows:
                     if c.embedding is None:
                         raise SupportbotError(f"chunk {c.id} has no embedding: run `supportbot reindex`")
+                    contents.add(c.id, c.embedding_model)
                     catalog[c.id] = ChunkInfo(
                         chunk_id=c.id, doc_id=ext_id, title=title, text=c.text, source=source,
                         kind=c.kind, metadata={**(doc_meta or {}), **(c.meta or {}), "heading": c.heading},
@@ -310,9 +427,9 @@ class KnowledgeBase:
             with self.db.session() as s:
                 row = s.get(IndexVersion, bot_id)
                 if row is None:
-                    s.add(IndexVersion(bot_id=bot_id, version=version))
-                else:
-                    row.version = version
+                    row = IndexVersion(bot_id=bot_id, version=version)
+                    s.add(row)
+                row.version, row.contents, row.chunks = version, contents.digest, contents.count
             return version
 
     # ---- internals ----------------------------------------------------------------------

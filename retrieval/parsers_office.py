@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import zipfile
 
 import docx
 import pypdf
@@ -17,7 +18,7 @@ from bs4.dammit import EncodingDetector
 from bs4.element import PreformattedString
 from docx.text.hyperlink import Hyperlink
 
-from bot.core.errors import IngestError
+from bot.core.errors import FileTooLarge, IngestError
 from bot.core.settings import IngestSettings
 
 from .faq_html import (
@@ -238,11 +239,78 @@ def _marked_text(paragraph) -> str:
     return "".join(out) + (STRONG_CLOSE if bold else "")
 
 
+_PARAGRAPH = re.compile(rb"<w:p[\s/>]")
+_ELEMENT = re.compile(rb"<[A-Za-z_]")
+_MAX_MEMBERS = 10_000
+
+
+def check_docx_limits(name: str, data: bytes, settings: IngestSettings) -> None:
+    """Refuse a DOCX that would take too long or too much memory to read, before it is read.
+
+    The zip directory's declared sizes are summed first (``zipfile`` never inflates a member past
+    its declared size, so the sum bounds what is read); then the XML parts are inflated in pieces
+    and their paragraphs and elements counted, without building any tree.
+    """
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = archive.infolist()
+    except Exception as err:
+        raise IngestError(name, f"is not a readable Word .docx file ({type(err).__name__}); "
+                                "old .doc files must be saved as .docx first") from None
+    if len(members) > _MAX_MEMBERS:
+        raise IngestError(name, f"holds {len(members):,} files; a Word document holds a few dozen")
+    limit = int(settings.max_uncompressed_mb * 1_000_000)
+    total = sum(max(0, m.file_size) for m in members)
+    if total > limit:
+        raise FileTooLarge(name, f"unzips to {total / 1e6:,.1f} MB, over the "
+                                 f"{settings.max_uncompressed_mb:g} MB uncompressed limit")
+    paragraphs = elements = 0
+    try:
+        for member in members:
+            if not member.filename.endswith(".xml"):
+                continue
+            carry = b""
+            with archive.open(member) as fh:
+                while True:
+                    piece = fh.read(1 << 20)
+                    if not piece:
+                        break
+                    piece = carry + piece
+                    # Every counted pattern starts with "<" and is a few bytes long: keep the tail
+                    # from the last "<" for the next piece, so that no match spans a cut.
+                    cut = piece.rfind(b"<")
+                    if cut >= 0 and len(piece) - cut < 64:
+                        carry, piece = piece[cut:], piece[:cut]
+                    else:
+                        carry = b""
+                    paragraphs += len(_PARAGRAPH.findall(piece))
+                    elements += len(_ELEMENT.findall(piece))
+                    if paragraphs > settings.max_paragraphs:
+                        raise IngestError(name, f"has more than {settings.max_paragraphs:,} paragraphs "
+                                                "(the limit); split it into smaller documents")
+                    if elements > settings.max_elements:
+                        raise IngestError(name, f"has more than {settings.max_elements:,} XML elements "
+                                                "(the limit); split it into smaller documents")
+            paragraphs += len(_PARAGRAPH.findall(carry))
+            elements += len(_ELEMENT.findall(carry))
+    except IngestError:
+        raise
+    except Exception as err:
+        raise IngestError(name, f"is not a readable Word .docx file ({type(err).__name__})") from None
+    if paragraphs > settings.max_paragraphs:
+        raise IngestError(name, f"has more than {settings.max_paragraphs:,} paragraphs (the limit); "
+                                "split it into smaller documents")
+    if elements > settings.max_elements:
+        raise IngestError(name, f"has more than {settings.max_elements:,} XML elements (the limit); "
+                                "split it into smaller documents")
+
+
 def parse_docx(name: str, data: bytes, settings: IngestSettings) -> list[ParsedDocument]:
     """Sections at "Heading N" paragraphs; FAQ entries at question headings and bold questions.
 
-    Tables become "cell | cell" lines in place.
+    Tables become "cell | cell" lines in place. ``check_docx_limits`` runs first.
     """
+    check_docx_limits(name, data, settings)
     try:
         document = docx.Document(io.BytesIO(data))
         outline, style_title = Outline(MARKED), ""

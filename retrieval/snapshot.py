@@ -214,6 +214,19 @@ class SnapshotStore:
         """Version dirs present on disk, oldest first."""
         return self._versions(self.root / _check_bot(bot))
 
+    def manifest(self, bot: str, version: int) -> dict | None:
+        """The manifest of a finished version (its chunk count, embedder, files), or None when the
+        version is missing, unfinished or unreadable. One small file read: a cheap check that a
+        published snapshot is still there, without loading it."""
+        path = self.root / _check_bot(bot) / _version_name(int(version)) / MANIFEST
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(manifest, dict) or manifest.get("version") != int(version):
+            return None
+        return manifest
+
     def load(
         self, bot: str, version: int | None = None, *, embedder_id: str | None = None, strict: bool = False
     ) -> Snapshot | None:

@@ -250,4 +250,5 @@ def test_openai_endpoint_refuses_site_keys_bad_keys_and_bad_messages(app, client
 
 def test_healthz(client):
     r = client.get("/healthz")
-    assert r.status_code == 200 and r.get_json() == {"status": "ok"}
+    assert r.status_code == 200
+    assert r.get_json() == {"status": "ok", "ready": True, "database": "ok", "index": "ok"}

@@ -30,6 +30,7 @@ def create_app(
     from web import admin, auth, chat_api, errors, limits, openai_api, widget
     from web.answers import Answers
     from web.context import WebContext
+    from web.health import Readiness
     from web.keys import ApiKeys, SiteKeys
     from web.security import VisitorTokens, common_headers, secret_key
 
@@ -48,7 +49,7 @@ def create_app(
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=ws.cookie_secure,
         SESSION_COOKIE_NAME="supportbot_admin",
-        PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=12),
+        PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=ws.admin_session_hours),
         WTF_CSRF_TIME_LIMIT=12 * 3600,
         JSON_SORT_KEYS=False,
     )
@@ -66,8 +67,10 @@ def create_app(
         api_keys=ApiKeys(db),
         tokens=VisitorTokens(app.config["SECRET_KEY"], ws.visitor_token_ttl_s,
                              ws.visitor_refresh_max_age_s),
-        # Progress goes to the database only when another worker process may serve a resume.
-        answers=Answers(components.conversations, ws.resume_persist_s if ws.workers > 1 else None),
+        # Progress and a heartbeat go to the database as the answer runs: another worker may serve
+        # a resume, and the text shown survives this process.
+        answers=Answers(components.conversations, ws.resume_persist_s, ws.answer_stale_s),
+        readiness=Readiness(components.knowledge, ws.check_index_at_start),
         demo_site_key=demo_site_key,
     )
 
@@ -83,4 +86,10 @@ def create_app(
 
     errors.init_app(app)
     app.after_request(common_headers)
+
+    # The index is derived state: rebuilt from the database (in the background) when it does not
+    # hold what the database holds; answers a dead process left unfinished are closed.
+    ctx = app.extensions["supportbot"]
+    ctx.readiness.start()
+    ctx.answers.close_abandoned()
     return app

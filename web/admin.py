@@ -17,7 +17,9 @@ from bot.core.store.models import Bot
 from web.auth import login_required
 from web.context import web
 from web.errors import wants_json
+from web.schemas import CONVERSATION_ID
 from web.security import ADMIN_CSP, page_headers
+from web.uploads import parse_upload
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -32,6 +34,8 @@ def _admin_headers(resp):
 
 @bp.before_request
 def _select_bot() -> None:
+    if g.get("user") is None:
+        return  # login_required answers first: no bot name is checked (or revealed) before login
     chosen = request.args.get("bot")
     if chosen:
         if chosen not in _bots():
@@ -88,7 +92,10 @@ def _ingest_one(storage) -> dict:
             raise FileTooLarge(name, f"larger than the {limit_mb:g} MB upload limit")
         if not data:
             raise SupportbotError(f"{name}: the file is empty")
-        report = web().components.knowledge.ingest_bytes(g.bot, name, data)
+        # Parsed in a child process under the ingest limits (web/uploads.py), not in this thread.
+        docs = parse_upload(name, data, web().settings.ingest)
+        report = web().components.knowledge.ingest_documents(
+            g.bot, docs, replace_sources={d.source for d in docs if d.source})
     except SupportbotError as exc:
         return {"file": name, "ok": False, "status": exc.status, "errors": [exc.message]}
     return {
@@ -137,15 +144,19 @@ def reindex():
 
 
 # -- keys ---------------------------------------------------------------------------------------
-@bp.get("/keys")
-@login_required
-def keys():
+def _keys_page(new_secret: str | None = None, status: int = 200):
     ctx = web()
     return render_template(
         "admin/keys.html", site_keys=ctx.site_keys.list(g.bot),
         api_keys=[k for k in ctx.api_keys.list() if k.bot == g.bot],
-        new_secret=session.pop("new_api_secret", None), host=request.host_url.rstrip("/"),
-    )
+        new_secret=new_secret, host=request.host_url.rstrip("/"),
+    ), status
+
+
+@bp.get("/keys")
+@login_required
+def keys():
+    return _keys_page()
 
 
 @bp.post("/keys/site")
@@ -168,27 +179,31 @@ def set_site_key_active(key: str):
 @login_required
 def create_api_key():
     info, secret = web().api_keys.create(g.bot, request.form.get("name", "").strip())
-    session["new_api_secret"] = secret  # shown once, on the next page view
+    # Shown once, in this response only (Cache-Control: no-store): never stored anywhere, not in
+    # the session cookie, not server-side; only its SHA-256 is kept.
     flash(f"API key {info.prefix}... created. Copy it now: it is not shown again.", "ok")
-    return redirect(url_for("admin.keys"))
+    return _keys_page(new_secret=secret, status=201)
 
 
 @bp.post("/keys/api/<int:key_id>/active")
 @login_required
 def set_api_key_active(key_id: int):
+    if key_id > MAX_ID:
+        raise NotFound(f"no API key {key_id}")
     web().api_keys.set_active(key_id, request.form.get("active") == "1")
     return redirect(url_for("admin.keys"))
 
 
 # -- conversations ------------------------------------------------------------------------------
 PAGE = 50
+MAX_ID = 2**31 - 1  # the largest integer id every database here stores
 
 
 @bp.get("/conversations")
 @login_required
 def conversations():
     status = request.args.get("status") or None
-    offset = max(0, request.args.get("offset", 0, type=int))
+    offset = min(max(0, request.args.get("offset", 0, type=int)), MAX_ID)
     bot_id = web().components.db.bot_id(g.bot)
     rows = web().components.conversations.list(bot_id, limit=PAGE, offset=offset, status=status)
     return render_template("admin/conversations.html", conversations=rows, status=status or "",
@@ -198,6 +213,8 @@ def conversations():
 @bp.get("/conversations/<conversation_id>")
 @login_required
 def conversation(conversation_id: str):
+    if not CONVERSATION_ID.fullmatch(conversation_id):
+        raise NotFound(f"no conversation {conversation_id[:64]!r}")
     store = web().components.conversations
     conv = store.get(conversation_id)
     if conv["bot_id"] != web().components.db.bot_id(g.bot):
@@ -209,5 +226,7 @@ def conversation(conversation_id: str):
 @bp.post("/conversations/<conversation_id>/status")
 @login_required
 def set_conversation_status(conversation_id: str):
+    if not CONVERSATION_ID.fullmatch(conversation_id):
+        raise NotFound(f"no conversation {conversation_id[:64]!r}")
     web().components.conversations.set_status(conversation_id, request.form.get("status", ""))
     return redirect(url_for("admin.conversation", conversation_id=conversation_id))

@@ -9,17 +9,29 @@ Event ids are ``"<message_id>:<offset>"``: the bot message's row id and the numb
 of answer text sent up to and including that event. Two ways to resume:
 
 * same process: follow the in-memory ``AnswerStream`` from that offset (exact token events);
-* another worker process (gunicorn ``--workers N``): the producer writes the text so far to the
-  message row every ``persist_every_s`` (None: never, for a single process), the dialogue
-  manager marks the row ``complete`` at the end, and the follower polls that row. Text is cut
-  at the offset, so nothing is sent twice.
+* another worker process (gunicorn ``--workers N``): the producer's process writes the text so
+  far and a heartbeat (``updated_at``) to the message row every ``persist_every_s``, the dialogue
+  manager marks the row ``complete`` at the end, and the follower polls that row. Text is cut at
+  the offset, so nothing is sent twice.
+
+A producer that dies with its process stops its heartbeat: a follower that sees none for
+``stale_after_s`` closes the row (``complete``, decision ``error``, the text already persisted,
+which is the text the visitor saw up to the last heartbeat) and ends with an error event, within
+seconds. Rows no one follows are closed the same way at start and every ``SWEEP_EVERY_S`` after
+``SWEEP_AFTER_S`` without a write. A producer that fails (an exception, an ``error`` event from the
+dialogue manager) closes its row with the text it had streamed.
+
+Error events reach visitors with a generic message: the dialogue manager's error event carries the
+exception's text (a generator's URL, its HTTP client's message), which goes to the log only.
 
 A resumed stream starts with ``meta`` (``"resumed": true``), then the remaining text, then the
 events that close the answer (``sources``, ``handoff``, ``done`` or ``error``).
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import re
 import threading
 import time
 from typing import Iterable, Iterator, Optional
@@ -27,6 +39,7 @@ from typing import Iterable, Iterator, Optional
 from bot.conversations import ConversationStore
 from bot.core.errors import NotFound, SupportbotError
 from bot.core.events import Event
+from bot.core.store.models import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +49,24 @@ Item = Optional[list[tuple[Event, Optional[str]]]]
 TERMINAL = ("done", "error")
 KEEP_FINISHED_S = 120.0  # how long a finished answer stays in memory for reconnecting clients
 FAILED = "Sorry, something went wrong while answering. Please try again."
+SWEEP_AFTER_S = 60.0  # an unfinished row without a write for this long has lost its producer
+SWEEP_EVERY_S = 30.0
+MAX_ID = 2**31 - 1
+# ASCII digits only: str.isdigit() also takes "²" and "١", which int() then refuses.
+_EVENT_ID = re.compile(r"([0-9]{1,10}):([0-9]{1,10})")
 
 
 def parse_event_id(value: str | None) -> tuple[int, int] | None:
     """``"42:120"`` -> ``(42, 120)``; None for anything else."""
     if not value:
         return None
-    mid, sep, offset = value.strip().partition(":")
-    if not sep or not mid.isdigit() or not offset.isdigit():
+    m = _EVENT_ID.fullmatch(value.strip())
+    if m is None:
         return None
-    return int(mid), int(offset)
+    mid, offset = int(m.group(1)), int(m.group(2))
+    if not 1 <= mid <= MAX_ID:
+        return None
+    return mid, offset
 
 
 class AnswerStream:
@@ -59,6 +80,7 @@ class AnswerStream:
         self.text_len = 0
         self.finished = False
         self.finished_at = 0.0
+        self.persisted_len = 0  # text written to the row so far (by the heartbeat)
         self.cond = threading.Condition()
 
     def push(self, event: Event) -> None:
@@ -135,8 +157,8 @@ class Answers:
     def __init__(
         self,
         conversations: ConversationStore,
-        persist_every_s: float | None = 1.0,
-        stale_after_s: float = 120.0,
+        persist_every_s: float | None = 2.0,
+        stale_after_s: float = 6.0,
         poll_s: float = 0.25,
     ):
         self.conversations = conversations
@@ -145,6 +167,8 @@ class Answers:
         self.poll_s = poll_s
         self._live: dict[int, AnswerStream] = {}
         self._lock = threading.Lock()
+        self._ticker: threading.Thread | None = None
+        self._last_sweep = time.monotonic()
 
     # -- producing ------------------------------------------------------------------------------
     def start(self, conversation_id: str, events: Iterable[Event]) -> AnswerStream:
@@ -158,24 +182,22 @@ class Answers:
 
     def _produce(self, stream: AnswerStream, events: Iterable[Event]) -> None:
         # The dialogue manager creates the bot message row (complete=False) before ``meta`` and
-        # completes it at the end; in between, the text so far is written here, throttled.
-        last_persist = time.monotonic()
-        persisted_len = 0
+        # completes it at the end; in between, the heartbeat thread writes the text so far.
         try:
             for event in events:
+                if event.type == "error":
+                    log.warning("answer in conversation %s failed: %s", stream.conversation_id,
+                                event.data.get("message"))
+                    event = Event("error", {"message": FAILED})
                 stream.push(event)
                 if event.type == "meta" and stream.message_id is not None:
                     self._register(stream)
-                elif (event.type == "token" and stream.message_id is not None
-                      and self.persist_every_s is not None):
-                    now = time.monotonic()
-                    if now - last_persist >= self.persist_every_s and stream.text_len > persisted_len:
-                        self._persist(stream.message_id, text="".join(stream.text))
-                        last_persist, persisted_len = now, stream.text_len
                 if stream.finished:
                     break
         except SupportbotError as exc:
-            stream.push(Event("error", {"message": exc.message}))
+            if exc.status >= 500:
+                log.warning("answer in conversation %s failed: %s", stream.conversation_id, exc.message)
+            stream.push(Event("error", {"message": exc.message if exc.status < 500 else FAILED}))
         except Exception:  # noqa: BLE001 - reported to the visitor without internals
             log.exception("answer for conversation %s failed", stream.conversation_id)
             stream.push(Event("error", {"message": FAILED}))
@@ -183,8 +205,11 @@ class Answers:
             stream.close()
             failed = bool(stream.events) and stream.events[-1][0].type == "error"
             if failed and stream.message_id is not None:
-                # Tells a client resuming from the row (another worker) that this answer ended badly.
-                self._persist(stream.message_id, text="".join(stream.text), decision="error")
+                # The row ends here, with the text the visitor was shown; a client resuming from
+                # the row (another worker) reads the error.
+                self._persist(stream.message_id, text="".join(stream.text), decision="error",
+                              complete=True)
+            self._maybe_sweep()
 
     def _persist(self, message_id: int, **fields) -> None:
         try:
@@ -199,6 +224,50 @@ class Answers:
                         if s.finished and now - s.finished_at > KEEP_FINISHED_S]:
                 del self._live[mid]
             self._live[stream.message_id] = stream
+            if self.persist_every_s is not None and (self._ticker is None or not self._ticker.is_alive()):
+                self._ticker = threading.Thread(target=self._heartbeats, name="answer-heartbeat",
+                                                daemon=True)
+                self._ticker.start()
+
+    def _heartbeats(self) -> None:
+        """Every ``persist_every_s``, while answers run: their text so far and a heartbeat."""
+        while True:
+            time.sleep(max(self.persist_every_s, 0.05))
+            with self._lock:
+                running = [s for s in self._live.values() if not s.finished]
+                if not running:
+                    self._ticker = None
+                    return
+            progress: dict[int, str | None] = {}
+            lengths: dict[int, int] = {}
+            for stream in running:
+                with stream.cond:
+                    lengths[stream.message_id] = stream.text_len
+                    changed = stream.text_len > stream.persisted_len
+                    progress[stream.message_id] = "".join(stream.text) if changed else None
+            try:
+                self.conversations.heartbeat(progress)
+            except Exception:  # noqa: BLE001 - the next beat tries again
+                log.warning("could not record the progress of %d answers", len(progress), exc_info=True)
+                continue
+            for stream in running:
+                stream.persisted_len = max(stream.persisted_len, lengths[stream.message_id])
+
+    def close_abandoned(self) -> int:
+        """Close unfinished rows whose producer is gone (no write for ``SWEEP_AFTER_S``)."""
+        self._last_sweep = time.monotonic()
+        try:
+            closed = self.conversations.close_abandoned(utcnow() - dt.timedelta(seconds=SWEEP_AFTER_S))
+        except Exception:  # noqa: BLE001 - best effort; the next sweep tries again
+            log.warning("could not close abandoned answers", exc_info=True)
+            return 0
+        if closed:
+            log.warning("closed %d unfinished answers whose producer is gone", closed)
+        return closed
+
+    def _maybe_sweep(self) -> None:
+        if time.monotonic() - self._last_sweep >= SWEEP_EVERY_S:
+            self.close_abandoned()
 
     # -- resuming -------------------------------------------------------------------------------
     def resume(self, conversation_id: str, last_event_id: str, heartbeat_s: float) -> Iterator[Item]:
@@ -220,14 +289,15 @@ class Answers:
             raise NotFound(f"no answer {message_id} in this conversation")
 
     def _follow_row(self, message_id: int, offset: int, heartbeat_s: float) -> Iterator[Item]:
-        """Follow an answer produced by another process through its message row."""
+        """Follow an answer produced by another process through its message row; end it with an
+        error when its producer's heartbeat stops for ``stale_after_s``."""
         sent = offset
         row = self.conversations.message(message_id)
         yield [(Event("meta", {"message_id": message_id, "decision": row["decision"] or "answer",
                                "model": row["model_id"], "resumed": True}), f"{message_id}:{sent}")]
-        last_change = last_beat = time.monotonic()
+        last_beat = time.monotonic()
         while True:
-            row = self.conversations.message(message_id)
+            row = self.conversations.message_progress(message_id)
             if row is None:
                 yield [(Event("error", {"message": "This answer no longer exists."}), None)]
                 return
@@ -236,13 +306,20 @@ class Answers:
             # A hand-off's text travels in the handoff event, not as tokens.
             if len(text) > sent and row["decision"] != "handoff":
                 yield [(Event("token", {"text": text[sent:]}), f"{message_id}:{len(text)}")]
-                sent, last_change = len(text), now
+                sent = len(text)
             if row["complete"] or row["decision"] == "error":
                 yield self._closing(row, sent)
                 return
-            if now - last_change > self.stale_after_s:
-                yield [(Event("error", {"message": "The answer was interrupted. Please ask again."}), None)]
-                return
+            idle = (utcnow() - row["updated_at"]).total_seconds()
+            if idle > self.stale_after_s:
+                # No heartbeat: the producer is gone. Close the row unless it wrote in between;
+                # the next turn of the loop reads the row as it is now and ends the stream.
+                cutoff = utcnow() - dt.timedelta(seconds=self.stale_after_s)
+                if self.conversations.close_interrupted(message_id, idle_before=cutoff):
+                    log.warning("answer %s was interrupted (no progress for %.0f s): closed", message_id, idle)
+                else:
+                    time.sleep(self.poll_s)
+                continue
             if now - last_beat >= heartbeat_s:
                 yield None
                 last_beat = now

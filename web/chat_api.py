@@ -12,11 +12,17 @@
 Every call but ``/session`` needs ``Authorization: Bearer <visitor token>``. The token names one
 visitor and one site key; a conversation is visible only to the visitor who started it (another
 visitor gets 404, the same answer as for an id that does not exist). A request that carries an
-``Origin`` must come from an origin the site key allows; ``/session`` requires one. CORS headers
-are sent for allowed origins only. The stream's events: meta, token, sources, done, handoff, error.
+``Origin`` must come from an origin the site key allows; ``/session`` requires one, and
+``Origin: null`` (a sandboxed frame, a ``data:`` page) is refused, never replaced by the Referer.
+Every response to an origin some active site key allows carries the CORS headers, whatever its
+status: a widget must be able to read a 401 (renew the token), a 429 (wait ``Retry-After``) or a
+400, which a browser hides from it otherwise. Other origins get no CORS headers at all.
+Bodies are JSON (``application/json``, else 415), at most 64 KB (413), validated by schema
+(``web/schemas.py``, 400). The stream's events: meta, token, sources, done, handoff, error.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterable, Iterator
 from urllib.parse import quote, urlsplit
 
@@ -25,9 +31,13 @@ from bot.core.errors import Forbidden, NotFound, SupportbotError
 from bot.core.events import Event
 from web.answers import Item
 from web.context import web
+from web.errors import NotReady, RequestTooLarge
 from web.keys import SiteKeyInfo, normalize_origin
-from web.security import Visitor, bearer_token, json_body
+from web.schemas import CONVERSATION_ID, ConversationBody, FeedbackBody, HandoffBody, MessageBody, SessionBody, parse_body
+from web.security import Visitor, bearer_token
 from web.sse import sse_response, with_heartbeats
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("chat", __name__, url_prefix="/api")
 
@@ -37,9 +47,10 @@ CORS_HEADERS = "Authorization, Content-Type, Last-Event-ID"
 
 # -- origin, CORS, authentication ---------------------------------------------------------------
 def request_origin() -> str | None:
-    """The browser's Origin header (or the Referer's origin, which some browsers send instead)."""
+    """The browser's Origin header, or, only when there is none (some browsers omit it on
+    same-origin GETs), the Referer's origin. ``Origin: null`` is returned as it is: refused."""
     origin = request.headers.get("Origin")
-    if origin and origin != "null":
+    if origin is not None:
         return origin
     referer = request.headers.get("Referer")
     if referer:
@@ -53,8 +64,9 @@ def request_origin() -> str | None:
 def _before() -> Response | None:
     if request.method == "OPTIONS":
         return _preflight()
+    request.max_content_length = MAX_JSON_BYTES  # also bounds a chunked body without a length
     if request.content_length and request.content_length > MAX_JSON_BYTES:
-        raise SupportbotError(f"request body is larger than {MAX_JSON_BYTES // 1024} KB")
+        raise RequestTooLarge(f"request body is larger than the {MAX_JSON_BYTES // 1024} KB limit")
     return None
 
 
@@ -70,9 +82,30 @@ def _preflight() -> Response:
     return resp
 
 
-@bp.after_request
-def _cors(resp: Response) -> Response:
+def cors_origin() -> str | None:
+    """The origin to name in ``Access-Control-Allow-Origin``: the one this request's site key
+    allowed, else the request's Origin when some active site key allows it (a response refused
+    before the key was known: a bad token, a rate limit, a malformed body). Never ``null``."""
     origin = g.get("cors_origin")
+    if origin:
+        return origin
+    raw = request.headers.get("Origin")
+    if not raw or raw == "null":
+        return None
+    try:
+        return raw if web().site_keys.origin_allowed_anywhere(raw) else None
+    except Exception:  # noqa: BLE001 - the database may be what failed this request
+        log.warning("could not check origin %r for CORS", raw, exc_info=True)
+        return None
+
+
+@bp.after_app_request
+def _cors(resp: Response) -> Response:
+    # App-wide, so that it also runs for responses no view of this blueprint produced (404 for an
+    # unknown /api path, a 429 of the limiter, a 413 of the body limit, a 500).
+    if not request.path.startswith("/api/"):
+        return resp
+    origin = cors_origin()
     if origin:
         resp.headers["Access-Control-Allow-Origin"] = origin
         resp.headers["Access-Control-Expose-Headers"] = "Retry-After"
@@ -104,6 +137,8 @@ def current_visitor() -> tuple[Visitor, SiteKeyInfo]:
 def owned_conversation(conversation_id: str, visitor: Visitor, key: SiteKeyInfo) -> dict:
     """``{id, status, created_at}`` of the conversation if this visitor started it on this bot;
     NotFound otherwise (also for another visitor's: its existence is not revealed)."""
+    if not CONVERSATION_ID.fullmatch(conversation_id or ""):
+        raise NotFound(f"no conversation {conversation_id[:64]!r}")
     row = web().components.conversations.owner(conversation_id)
     if row is None or row["visitor_id"] != visitor.visitor_id or row["bot_id"] != key.bot_id:
         raise NotFound(f"no conversation {conversation_id!r}")
@@ -144,12 +179,11 @@ def _stream(items: Iterable[Item], site_key: str) -> Response:
 def session():
     """Exchange a site key (plus, optionally, an earlier visitor token) for a fresh visitor token."""
     ctx = web()
-    body = json_body(required=("site_key",))
-    key = ctx.site_keys.get(str(body["site_key"]))
+    body = parse_body(SessionBody)
+    key = ctx.site_keys.get(body.site_key)
     _check_origin(key, required=True)
-    previous = body.get("visitor_token")
     # A genuine earlier token of this site key keeps the same visitor (and their conversations).
-    renewed = ctx.tokens.renewable(str(previous), key.key) if previous else None
+    renewed = ctx.tokens.renewable(body.visitor_token, key.key) if body.visitor_token else None
     token, visitor_id = ctx.tokens.issue(key.key, renewed)
     return jsonify(
         visitor_token=token, visitor_id=visitor_id, expires_in=ctx.tokens.ttl_s, bot=key.bot,
@@ -160,8 +194,7 @@ def session():
 @bp.post("/conversations")
 def create_conversation():
     visitor, key = current_visitor()
-    body = json_body()
-    page = str(body.get("page") or "")[:500]
+    page = (parse_body(ConversationBody).page or "")[:500]
     meta = {"channel": "widget", "site_key": key.key, "origin": g.get("cors_origin") or "", "page": page}
     cid = web().components.conversations.create(key.bot_id, visitor.visitor_id, meta)
     return jsonify(id=cid, status="open"), 201
@@ -194,10 +227,11 @@ def post_message(conversation_id: str):
     last_event_id = request.headers.get("Last-Event-ID")
     if last_event_id:  # a client reconnecting: the rest of that answer, not a second one
         return _stream(ctx.answers.resume(conversation_id, last_event_id, heartbeat), key.key)
-    body = json_body(required=("message",))
-    message = body["message"]
-    if not isinstance(message, str) or not message.strip():
+    message = parse_body(MessageBody).message
+    if not message.strip():
         raise SupportbotError("message must be a non-empty string")
+    if not ctx.readiness.bot_ready(key.bot):
+        raise NotReady("The assistant is getting ready (its knowledge is being loaded). Please try again in a moment.")
     # respond() checks everything it needs (length included) before returning, so bad input is a
     # plain 4xx here.
     events = ctx.components.dialogue(key.bot).respond(conversation_id, message)
@@ -217,28 +251,14 @@ def resume_events(conversation_id: str):
                    key.key)
 
 
-RATINGS = {1: 1, -1: -1, "1": 1, "-1": -1, "up": 1, "down": -1, "+1": 1}
-
-
 @bp.post("/conversations/<conversation_id>/feedback")
 def feedback(conversation_id: str):
     visitor, key = current_visitor()
     owned_conversation(conversation_id, visitor, key)
-    body = json_body(required=("message_id", "rating"))
-    rating = body["rating"]
-    if isinstance(rating, bool) or rating not in RATINGS:
-        raise SupportbotError("rating must be 1 or -1 (or \"up\" / \"down\")")
-    try:
-        message_id = int(body["message_id"])
-    except (TypeError, ValueError) as exc:
-        raise SupportbotError("message_id must be an integer") from exc
-    comment = body.get("comment") or ""
-    if not isinstance(comment, str):
-        raise SupportbotError("comment must be a string")
-    if len(comment) > 2000:
-        raise SupportbotError(f"comment is too long ({len(comment)} characters, max 2000)")
-    fid = web().components.conversations.add_feedback(conversation_id, message_id, RATINGS[rating], comment)
-    return jsonify(id=fid, message_id=message_id, rating=RATINGS[rating]), 201
+    body = parse_body(FeedbackBody)
+    fid = web().components.conversations.add_feedback(conversation_id, body.message_id, body.rating,
+                                                      body.comment or "")
+    return jsonify(id=fid, message_id=body.message_id, rating=body.rating), 201
 
 
 @bp.post("/conversations/<conversation_id>/handoff")
@@ -246,8 +266,7 @@ def handoff(conversation_id: str):
     ctx = web()
     visitor, key = current_visitor()
     owned_conversation(conversation_id, visitor, key)
-    body = json_body()
-    reason = str(body.get("reason") or "requested")[:64]
+    reason = (parse_body(HandoffBody).reason or "requested")[:64]
     ctx.components.conversations.request_handoff(conversation_id, reason)
     dialogue = ctx.settings.dialogue
     text = getattr(dialogue, "requested_handoff_message", "") or (

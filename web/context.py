@@ -7,6 +7,7 @@ from flask import current_app
 from bot.components import Components
 from bot.core.settings import Settings
 from web.answers import Answers
+from web.health import Readiness
 from web.keys import ApiKeys, SiteKeys
 from web.security import VisitorTokens
 
@@ -19,6 +20,7 @@ class WebContext:
     api_keys: ApiKeys
     tokens: VisitorTokens
     answers: Answers
+    readiness: Readiness
     demo_site_key: str | None = None
 
 

@@ -38,6 +38,13 @@ def init_app(app: Flask, settings: WebSettings, api: list[Blueprint], message_en
         key_func=client_ip, app=app, storage_uri=settings.rate_limit_storage,
         headers_enabled=True, strategy="moving-window",
     )
+    @limiter.request_filter
+    def _preflight() -> bool:
+        # A CORS preflight is not counted: it is cheap, the browser caches it (Max-Age), and a
+        # preflight answered 429 would hide the limit from the widget (the browser reports a
+        # failed preflight as a network error, not as the 429).
+        return request.method == "OPTIONS"
+
     per_ip = limiter.shared_limit(settings.rate_limit_ip, scope="api-ip", key_func=client_ip)
     for bp in api:
         per_ip(bp)

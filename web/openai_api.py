@@ -11,6 +11,13 @@ The answer comes from the same dialogue manager as the widget's (retrieval, answ
 hand-off, sources): each call is stored as a conversation of channel ``openai`` whose earlier
 ``user``/``assistant`` messages are the request's history; ``system`` messages are ignored (the bot's
 own system prompt applies). Extra fields under ``supportbot`` carry the decision and sources.
+
+The answer runs like a widget's (``web/answers.py``: its own thread, progress persisted). A
+generator that fails before the first word is a 502 in OpenAI's error shape (503 with
+``Retry-After`` while the index is rebuilt), so OpenAI clients retry it as the server fault it is;
+one that fails mid-stream ends the stream with an ``error`` chunk. Either way the message is
+generic; the details are logged. Bodies: JSON (415 otherwise), at most 1 MB (413), validated by
+schema (400).
 """
 from __future__ import annotations
 
@@ -18,14 +25,27 @@ import json
 import time
 from typing import Any, Iterator
 
-from flask import Blueprint, Response, jsonify, stream_with_context
+from flask import Blueprint, Response, jsonify, request, stream_with_context
 
 from bot.core.errors import SupportbotError
+from bot.core.events import Event
 from web.context import web
-from web.security import bearer_token, json_body
+from web.errors import UPSTREAM_FAILED, NotReady, RequestTooLarge, error_response
+from web.schemas import ChatCompletionBody, parse_body
+from web.security import bearer_token
 from web.sse import HEADERS
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
+
+MAX_BODY_BYTES = 1_000_000
+FIRST_WORDS = ("token", "handoff", "done", "error")
+
+
+@bp.before_request
+def _limit_body() -> None:
+    request.max_content_length = MAX_BODY_BYTES
+    if request.content_length and request.content_length > MAX_BODY_BYTES:
+        raise RequestTooLarge(f"request body is larger than the {MAX_BODY_BYTES / 1e6:g} MB limit")
 
 
 def _text(content: Any, index: int) -> str:
@@ -33,29 +53,26 @@ def _text(content: Any, index: int) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        parts = [p.text or "" for p in content if p.type == "text"]
         if parts:
             return "".join(parts)
     raise SupportbotError(f"messages[{index}].content must be a string or a list of text parts")
 
 
-def _parse_messages(body: dict) -> tuple[list[tuple[str, str]], str]:
+def _parse_messages(body: ChatCompletionBody) -> tuple[list[tuple[str, str]], str]:
     """(earlier turns as (role, text), the last user message)."""
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise SupportbotError("messages must be a non-empty list")
     turns: list[tuple[str, str]] = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or "role" not in m:
-            raise SupportbotError(f"messages[{i}] must be an object with role and content")
-        role = m["role"]
+    for i, m in enumerate(body.messages):
+        role = m.role
         if role in ("system", "developer"):
             continue
         if role not in ("user", "assistant"):
-            raise SupportbotError(f"messages[{i}].role must be system, user or assistant, got {role!r}")
-        turns.append((role, _text(m.get("content"), i)))
+            raise SupportbotError(f"messages[{i}].role must be system, user or assistant, got {role[:32]!r}")
+        turns.append((role, _text(m.content, i)))
     if not turns or turns[-1][0] != "user":
         raise SupportbotError("the last message must have role 'user'")
+    if not turns[-1][1].strip():
+        raise SupportbotError("the last user message is empty")
     limit = web().settings.dialogue.max_message_chars
     if len(turns[-1][1]) > limit:
         raise SupportbotError(f"the last user message is too long ({len(turns[-1][1])} characters, max {limit})")
@@ -69,34 +86,73 @@ def models():
                                          "owned_by": "supportbot"}])
 
 
+def _upstream_failed() -> Response:
+    return error_response(UPSTREAM_FAILED, 502, "server_error")
+
+
+def _events(stream, heartbeat_s: float) -> Iterator[Event | None]:
+    """The answer's events as they come (None after each silent ``heartbeat_s``)."""
+    for batch in stream.follow(heartbeat_s):
+        if batch is None:
+            yield None
+            continue
+        for event, _ in batch:
+            yield event
+
+
 @bp.post("/chat/completions")
 def chat_completions():
     ctx = web()
     key = ctx.api_keys.verify(bearer_token())
-    body = json_body(required=("messages",))
+    body = parse_body(ChatCompletionBody)
     history, question = _parse_messages(body)
-    model = str(body.get("model") or key.bot)
+    if not ctx.readiness.bot_ready(key.bot):
+        raise NotReady("The assistant is getting ready (its knowledge is being loaded). Retry shortly.")
+    model = body.model or key.bot
     store = ctx.components.conversations
     cid = store.create(key.bot_id, f"api:{key.id}", {"channel": "openai", "api_key": key.prefix})
     for role, text in history:
         store.add_message(cid, "user" if role == "user" else "bot", text)
-    events = ctx.components.dialogue(key.bot).respond(cid, question)
+    # Runs in its own thread with its progress persisted, like a widget's answer; error events
+    # arrive with a generic message (web/answers.py).
+    answer = ctx.answers.start(cid, ctx.components.dialogue(key.bot).respond(cid, question))
+    events = _events(answer, ctx.settings.web.heartbeat_s)
     created = int(time.time())
-    if body.get("stream"):
-        resp = Response(stream_with_context(_chunks(events, cid, model, created)),
+    if body.stream:
+        # Read up to the first word: a generator that cannot answer at all is a 502, not a 200
+        # stream that carries an error.
+        head: list[Event | None] = []
+        for ev in events:
+            head.append(ev)
+            if ev is not None and ev.type in FIRST_WORDS:
+                break
+        if head and head[-1] is not None and head[-1].type == "error":
+            return _upstream_failed()
+        resp = Response(stream_with_context(_chunks(_chain(head, events), cid, model, created)),
                         mimetype="text/event-stream")
         resp.headers.update(HEADERS)
         return resp
-    return jsonify(_completion(events, cid, model, created))
+    completion = _completion(events, cid, model, created)
+    if completion is None:
+        return _upstream_failed()
+    return jsonify(completion)
+
+
+def _chain(head: list, rest: Iterator) -> Iterator:
+    yield from head
+    yield from rest
 
 
 def _extra(cid: str, decision: str, sources: list, handoff: dict | None) -> dict:
     return {"conversation_id": cid, "decision": decision, "sources": sources, "handoff": handoff}
 
 
-def _completion(events, cid: str, model: str, created: int) -> dict:
+def _completion(events, cid: str, model: str, created: int) -> dict | None:
+    """The whole completion, or None when the answer failed."""
     text, sources, decision, handoff, done, mid = [], [], "", None, {}, None
     for ev in events:
+        if ev is None:
+            continue
         if ev.type == "meta":
             decision, mid = ev.data.get("decision", ""), ev.data.get("message_id")
         elif ev.type == "token":
@@ -109,7 +165,7 @@ def _completion(events, cid: str, model: str, created: int) -> dict:
         elif ev.type == "done":
             done = ev.data
         elif ev.type == "error":
-            raise SupportbotError(ev.data.get("message", "the answer failed"))
+            return None
     completion_tokens = done.get("completion_tokens") or 0
     return {
         "id": f"chatcmpl-{mid}", "object": "chat.completion", "created": created, "model": model,
@@ -132,6 +188,9 @@ def _chunks(events, cid: str, model: str, created: int) -> Iterator[str]:
 
     try:
         for ev in events:
+            if ev is None:
+                yield ": ping\n\n"  # an SSE comment: keeps proxies from closing a quiet stream
+                continue
             if ev.type == "meta":
                 mid, decision = ev.data.get("message_id"), ev.data.get("decision", "")
                 yield chunk({"role": "assistant", "content": ""})
@@ -143,10 +202,11 @@ def _chunks(events, cid: str, model: str, created: int) -> Iterator[str]:
             elif ev.type == "sources":
                 sources = ev.data.get("sources", [])
             elif ev.type == "error":
-                err = {"message": ev.data.get("message", "the answer failed"), "type": "GeneratorError"}
+                err = {"message": UPSTREAM_FAILED, "type": "server_error", "code": 502}
                 yield f"data: {json.dumps({'error': err})}\n\n"
                 return
         yield chunk({}, "stop", supportbot=_extra(cid, decision, sources, handoff))
         yield "data: [DONE]\n\n"
     except SupportbotError as exc:
-        yield f"data: {json.dumps({'error': {'message': exc.message, 'type': type(exc).__name__}})}\n\n"
+        message = exc.message if exc.status < 500 else UPSTREAM_FAILED
+        yield f"data: {json.dumps({'error': {'message': message, 'type': type(exc).__name__}})}\n\n"

@@ -1,4 +1,4 @@
-"""Visitor tokens, the app's secret, security headers and request-body helpers.
+"""Visitor tokens, the app's secret and security headers (request bodies: ``web/schemas.py``).
 
 Visitor tokens: the widget exchanges the public site key for a short-lived token (signed with the
 app secret by itsdangerous, default lifetime one hour) that names one visitor and one site key.
@@ -9,13 +9,12 @@ is how the conversation survives reloads without a long-lived secret in the page
 """
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import time
 import uuid
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from flask import Response, request
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
@@ -102,25 +101,6 @@ def secret_key(settings: Settings) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(value)
     return value
-
-
-def json_body(required: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The request's JSON object; a 400 naming the problem when it is missing or malformed."""
-    raw = request.get_data(cache=True)
-    if not raw.strip():
-        if required:
-            raise SupportbotError(f"request body must be a JSON object with {', '.join(required)}")
-        return {}
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SupportbotError(f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise SupportbotError("request body must be a JSON object")
-    missing = [k for k in required if k not in data]
-    if missing:
-        raise SupportbotError(f"missing field(s) in request body: {', '.join(missing)}")
-    return data
 
 
 def common_headers(resp: Response) -> Response:

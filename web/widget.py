@@ -3,10 +3,12 @@
   GET /widget.js              the widget (any site may load it; it only talks to this server)
   GET /demo                   a fictional company's help page with the widget (``serve --demo``)
   GET /source/<chunk_id>?k=   the passage a source link points at, for the bot of site key ``k``
-  GET /healthz                {"status": "ok"} once the database answers
+  GET /healthz                {"status": "ok", "ready": true, ...} once the database answers and the
+                              index holds what the database holds; 503 "ready": false before
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from flask import (
@@ -18,6 +20,8 @@ from bot.core.errors import NotFound
 from bot.core.store.models import Chunk, Document
 from web.context import web
 from web.security import DEMO_CSP, page_headers
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("widget", __name__)
 
@@ -65,6 +69,21 @@ def source(chunk_id: int):
 
 @bp.get("/healthz")
 def healthz():
-    with web().components.db.session() as s:
-        s.execute(text("SELECT 1"))
-    return jsonify(status="ok")
+    """Readiness, truthfully: 200 ``ready: true`` once the database answers and every bot's index
+    holds what the database holds; 503 ``ready: false`` (with ``Retry-After``) before."""
+    ctx = web()
+    try:
+        with ctx.components.db.session() as s:
+            s.execute(text("SELECT 1"))
+        database = "ok"
+    except Exception:  # noqa: BLE001 - reported as not ready
+        log.warning("health check: the database does not answer", exc_info=True)
+        database = "unavailable"
+    ready = database == "ok" and ctx.readiness.ready
+    status = "ok" if ready else ("starting" if database == "ok" else "unavailable")
+    resp = jsonify(status=status, ready=ready, database=database, index=ctx.readiness.index_status())
+    resp.status_code = 200 if ready else 503
+    resp.headers["Cache-Control"] = "no-store"
+    if not ready:
+        resp.headers["Retry-After"] = "5"
+    return resp

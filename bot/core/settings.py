@@ -64,6 +64,15 @@ class IngestSettings(BaseModel):
     csv_question_column: str = "question"
     csv_answer_column: str = "answer"
     csv_title_column: str = "title"
+    # Limits of one file's parse (a zip bomb, a DOCX of a million empty paragraphs). The sum of a
+    # DOCX's zip members as declared in its directory (checked before anything is read), its
+    # paragraphs and XML elements (counted before python-docx builds its tree), and, for uploads
+    # through the admin console, the seconds and memory of the child process that parses it.
+    max_uncompressed_mb: float = 100.0
+    max_paragraphs: int = 50_000
+    max_elements: int = 1_000_000
+    parse_timeout_s: float = 30.0
+    parse_memory_mb: int = 1024
 
 
 class RetrievalSettings(BaseModel):
@@ -190,11 +199,23 @@ class WebSettings(BaseModel):
     cookie_secure: bool = False
     # Number of proxies in front that set X-Forwarded-For/-Proto (0: trust none).
     trusted_proxies: int = 0
-    # How often a streaming answer's text so far is written to its message row, so that a client
-    # reconnecting (Last-Event-ID) to another worker process gets the rest of it (workers > 1 only).
+    # How often a streaming answer's text so far (and a heartbeat) is written to its message row,
+    # so that a client reconnecting (Last-Event-ID) to another worker process gets the rest of it
+    # and the text already shown survives a crash of this one.
     resume_persist_s: float = 2.0
     # Production server worker class for `supportbot serve` (gthread | gevent); see bench/web_load.py.
     worker_class: str = "gthread"
+    # A follower of an answer produced by another process ends it with an error event when the
+    # producer's heartbeat (written every resume_persist_s) is this old: the producer died.
+    answer_stale_s: float = 6.0
+    # Failed logins of one account (from any address) before it is locked for login_lockout_s.
+    login_max_failures: int = 5
+    login_lockout_s: int = 900
+    # An admin console session lasts this long after login (recorded server-side; logout ends it).
+    admin_session_hours: float = 12.0
+    # Check at start that every bot's index holds what the database holds, and rebuild it when not
+    # (in the background: /healthz answers 503, ready false, until it is done).
+    check_index_at_start: bool = True
 
 
 class TrainingSettings(BaseModel):
@@ -218,7 +239,14 @@ class TrainingSettings(BaseModel):
     weight_decay: float = 0.0
     checkpoint_every: int = 0  # 0 means eval_every
     keep_checkpoints: int = 2
-    mixed_precision: str = "auto"  # auto (bf16 on a GPU) | no | bf16 | fp16
+    # auto: bf16 autocast on a GPU with bf16 or a CPU with native bf16 (AVX-512-BF16 / AMX), else
+    # float32 | no | bf16 | fp16
+    mixed_precision: str = "auto"
+    # Dev loss on a fixed seeded sample of at most this many dev examples (0: all of them).
+    max_dev_examples: int = 256
+    # Torch threads when training on a CPU; 0: the physical cores (shared by the local processes).
+    threads: int = 0
+    log_every: int = 10  # optimizer steps between training-loss / throughput log lines
     # Dataset preparation.
     dev_fraction: float = 0.1
     sources: Literal["retrieve", "gold", "none"] = "retrieve"

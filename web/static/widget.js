@@ -360,20 +360,46 @@
     });
   };
 
-  /* fetch with the visitor token; a 401 (expired token) renews it once and retries. */
+  /* Seconds to wait from a Retry-After header (seconds or an HTTP date), 1 to 120; one more than
+     it says, since servers round the seconds down. */
+  function retryAfter(value) {
+    var n = parseInt(value, 10);
+    if (isNaN(n)) { var at = Date.parse(value || ""); n = isNaN(at) ? 5 : Math.ceil((at - Date.now()) / 1000); }
+    return Math.min(Math.max(n + 1, 1), 120);
+  }
+
+  /* fetch with the visitor token. A 401 (an expired token) renews it once through /api/session
+     with the old token (the same visitor keeps their conversation) and retries; a 429 (a rate
+     limit) says how long to wait, from Retry-After, and retries once after it. The server sends
+     CORS headers on these errors, so the widget can read them from any allowed origin. */
   SupportbotChat.prototype.call = function (path, options, retried) {
     var self = this;
+    retried = retried || {};
     var ready = this.state.token ? Promise.resolve() : this.session();
     return ready.then(function () {
       var opts = Object.assign({}, options || {});
       opts.headers = Object.assign({ "Authorization": "Bearer " + self.state.token }, opts.headers || {});
       return fetch(API + path, opts);
     }).then(function (r) {
-      if (r.status === 401 && !retried) {
-        return self.session().then(function () { return self.call(path, options, true); });
+      if (r.status === 401 && !retried.token) {
+        return self.session().then(function () {
+          return self.call(path, options, Object.assign({}, retried, { token: true }));
+        });
+      }
+      if (r.status === 429 && !retried.limit) {
+        return self.waitFor(retryAfter(r.headers.get("Retry-After"))).then(function () {
+          return self.call(path, options, Object.assign({}, retried, { limit: true }));
+        });
       }
       return self.checked(r);
     });
+  };
+
+  /* A note while a rate limit lasts; resolves when it is over. */
+  SupportbotChat.prototype.waitFor = function (seconds) {
+    var note = this.addNote("You are sending messages too fast. Please wait " + seconds +
+      (seconds === 1 ? " second" : " seconds") + ": it will be sent then.", "note");
+    return new Promise(function (ok) { setTimeout(function () { note.remove(); ok(); }, seconds * 1000); });
   };
 
   SupportbotChat.prototype.conversation = function () {

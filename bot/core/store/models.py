@@ -87,6 +87,11 @@ class IndexVersion(Base):
 
     bot_id: Mapped[int] = mapped_column(ForeignKey("bots.id", ondelete="CASCADE"), primary_key=True)
     version: Mapped[int] = mapped_column(Integer, default=0)
+    # What that snapshot holds: a digest of its chunks (ids and embedding models) and their
+    # number. The index is derived state: when the database's chunks no longer match (a lost
+    # index folder, a crash between the commit and the publish), it is rebuilt.
+    contents: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    chunks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
 
@@ -130,6 +135,10 @@ class Message(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     complete: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # Last write of the row: the producer of an unfinished answer writes its progress (and a
+    # heartbeat) here as it goes, so a follower in another process can tell a dead producer.
+    updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True, default=utcnow,
+                                                           onupdate=utcnow)
 
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
 
@@ -195,3 +204,29 @@ class ApiKey(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class AdminSession(Base):
+    """A logged-in admin console session, recorded server-side.
+
+    The signed cookie carries only a random session id; this row (keyed by its SHA-256) is what
+    makes it valid, so logging out (deleting the row) kills the cookie everywhere it was copied.
+    """
+
+    __tablename__ = "admin_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the cookie's id
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+class LoginThrottle(Base):
+    """Failed admin logins per account (a digest of the user name, whether it exists or not)."""
+
+    __tablename__ = "login_throttle"
+
+    account: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    first_failure_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    locked_until: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
