@@ -140,8 +140,8 @@ class DialogueManager:
             log.exception("generation failed for message %s", msg_id)
             self._store_partial(msg_id, pieces, ttft, t0)
             stored = True
-            text = exc.message if isinstance(exc, SupportbotError) else "the answer could not be completed"
-            yield Event("error", {"message": f"Sorry, something went wrong: {text}. Please try again."})
+            # The detail (a backend's URL, an upstream's message) goes to the log only.
+            yield Event("error", {"message": "Sorry, something went wrong while answering. Please try again."})
             return
         finally:
             if not finished and reply is not None:
