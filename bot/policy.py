@@ -16,8 +16,8 @@ Direct answers (``direct_source``): when the bot answers and the top hit is an F
 question with its answer) at confidence >= ``direct_answer_threshold``, the reply is that entry's
 own answer, verbatim and cited, instead of a generated one (what Dify calls an annotation reply).
 The site owner wrote that answer for this question; a small model paraphrasing it can only make it
-worse. With a selector that scores passages, the threshold is on its P(grounds the answer) of the
-entry; otherwise on the retrieval confidence. It is chosen by ``bench/calibrate_direct.py``.
+worse. With a selector that judges knowledge, the threshold is on its P(grounds the answer) of the
+entry; otherwise (the rule, the MLP) on the retrieval confidence of the top hit. It is chosen by ``bench/calibrate_direct.py``.
 """
 from __future__ import annotations
 
@@ -91,13 +91,13 @@ def direct_source(decision: Decision, hits: Sequence[Hit], settings: DialogueSet
                   selection: Selection | None = None) -> Hit | None:
     """The FAQ entry to reply with verbatim, or None to generate (see the module docstring).
 
-    With a selector that scores its passages (``selection.scores``), the passage it finds most
-    likely to ground the answer, when that is an FAQ entry at P >= ``direct_answer_threshold`` and
+    With a selector that judges knowledge and scores its passages (``selection.scores``), the
+    passage it finds most likely to ground the answer, when that is an FAQ entry at P >= ``direct_answer_threshold`` and
     no other kind of passage (a review, a help page) was selected with it; otherwise the top hit
     at retrieval confidence >= the threshold."""
     if decision.action != ANSWER or not hits:
         return None
-    if selection is not None and selection.scores is not None:
+    if selection is not None and selection.scores is not None and selection.needs_knowledge is not None:
         if not selection.passages or any(not h.faq_answer for h in selection.passages):
             return None
         best = max(range(len(selection.passages)), key=lambda i: selection.scores[i])

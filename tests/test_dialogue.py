@@ -356,6 +356,8 @@ def test_direct_source_needs_an_answer_decision_a_confident_top_hit_and_an_faq_e
     assert direct_source(answer, [faq, other], s, Selection([faq, other], True, [0.5, 0.6])) is None
     assert direct_source(answer, [faq, page], s, Selection([faq, page], True, [0.99, 0.9])) is None
     assert direct_source(answer, [faq, page], s, Selection([], True, [])) is None
+    # a selector that does not judge (the MLP) leaves it to the retrieval confidence of the top hit
+    assert direct_source(answer, [faq, page], s, Selection([faq, page], None, [0.1, 0.2])) is faq
 
 
 def test_a_selector_that_judges_knowledge_decides():
