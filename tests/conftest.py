@@ -133,3 +133,20 @@ def tiny_lm_dir(tmp_path_factory):
 # Imported before any test module imports torch: sets OpenMP's passive waiting (bot/__init__.py),
 # which keeps tiny-model tests from burning CPU in spinning OpenMP workers on a shared machine.
 import bot  # noqa: E402,F401
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The real default embedder (the bundled all-MiniLM-L6-v2), loaded once per test run."""
+    from bot.core.settings import EmbedderSettings
+    from retrieval.embedder import build_embedder
+
+    return build_embedder(EmbedderSettings()).load()
+
+
+@pytest.fixture(scope="session")
+def checker(minilm):
+    """The bundled calibrated support checker on the real default embedder."""
+    from bot.checker import load_checker
+
+    return load_checker("default", minilm)

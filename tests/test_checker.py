@@ -31,19 +31,6 @@ HOURS = ("When are you open?\nThe shop is open Tuesday to Saturday from 10 am to
 SOURCES = [RETURNS, INSTALL, HOURS]
 
 
-@pytest.fixture(scope="module")
-def minilm():
-    from bot.core.settings import EmbedderSettings
-    from retrieval.embedder import build_embedder
-
-    return build_embedder(EmbedderSettings()).load()
-
-
-@pytest.fixture(scope="module")
-def checker(minilm):
-    return load_checker("default", minilm)
-
-
 def shown(checker, sentence, sources=SOURCES) -> bool:
     score = checker.supports(sources, sentence)
     assert 0.0 <= score <= 1.0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.checker import OverlapChecker, load_checker
+from bot.checker import OverlapChecker
 from bot.generators.base import GenerationStream
 from bot.grounding import GroundedReply, fallback_text, source_text
 from retrieval.types import Hit
@@ -39,19 +39,6 @@ class Pieces:
 
     def close(self):
         self.closed = True
-
-
-@pytest.fixture(scope="module")
-def minilm():
-    from bot.core.settings import EmbedderSettings
-    from retrieval.embedder import build_embedder
-
-    return build_embedder(EmbedderSettings()).load()
-
-
-@pytest.fixture(scope="module")
-def checker(minilm):
-    return load_checker("default", minilm)
 
 
 def run(pieces, sources, checker, question="Can I return used gear?", embed=None):
