@@ -8,6 +8,10 @@ a ratio, plus training throughput. Not part of the test suite.
 
     nice python bench/finetune_cpu.py --conversations 150 --max-steps 16
 
+The trainer picks the dtype (bfloat16 autocast where the CPU has native bf16, AVX-512-BF16 / AMX;
+float32 elsewhere) and the threads (one per physical core); ``--threads`` overrides the latter.
+The raw speed of the training loop against a plain PyTorch loop is bench/train_speed.py.
+
 Figures depend on the machine (a shared 2-core CPU here); the GPU run is bench/finetune_gpu.sh.
 """
 from __future__ import annotations
@@ -38,7 +42,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("var/bench-finetune"))
     ap.add_argument("--conversations", type=int, default=150, help="dialogue groups taken from the train file")
     ap.add_argument("--dev-fraction", type=float, default=0.2)
-    ap.add_argument("--dev-examples", type=int, default=16, help="cap on dev examples (dev loss cost on a CPU)")
+    ap.add_argument("--dev-examples", type=int, default=16,
+                    help="training.max_dev_examples: dev loss on a fixed sample of this many (cost on a CPU)")
     ap.add_argument("--max-steps", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -46,13 +51,10 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=384)
     ap.add_argument("--method", choices=["lora", "full"], default="lora")
     ap.add_argument("--history-tokens", type=int, default=128, help="history budget in prompts (serving: 384)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads; 1 is fastest on a CPU shared with other jobs (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads for training (0: the trainer's choice, one per physical core)")
+    ap.add_argument("--mixed-precision", default="auto", help="auto | no | bf16")
     args = ap.parse_args()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
 
     settings = Settings(data_dir=args.work / "var")
     settings.dialogue.history_tokens = args.history_tokens
@@ -75,7 +77,6 @@ def main() -> None:
         lambda text: len(tok(text, add_special_tokens=False)["input_ids"]), stats,
     ))
     train, dev = split_by_conversation(examples, args.dev_fraction, seed=0)
-    dev = dev[: args.dev_examples]
     ds = args.work / "dataset"
     info = write_dataset(ds, train, dev, {"sources": "gold", "pii": dict(report.pii), "import": report.to_json(),
                                           "builder": dict(stats)})
@@ -83,15 +84,19 @@ def main() -> None:
     print(f"data: {len(keep)} dialogues, {info['train_examples']} train / {info['dev_examples']} dev examples "
           f"({prep_s:.1f} s to prepare)", flush=True)
 
-    ts = settings.training.model_copy(update={"max_length": args.max_length, "patience": 0})
+    ts = settings.training.model_copy(update={"max_length": args.max_length, "patience": 0,
+                                              "max_dev_examples": args.dev_examples,
+                                              "threads": args.threads, "mixed_precision": args.mixed_precision})
     t1 = time.perf_counter()
     card = finetune(ds, "default", args.work / "model", ts, data_dir=settings.data_dir, resume=False,
                     method=args.method, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
                     eval_every=args.eval_every, warmup_ratio=0.1, log_every=1)
     wall = time.perf_counter() - t1
-    m = card["metrics"]
+    m, hp = card["metrics"], card["hyperparameters"]
     print(f"\n{args.method} fine-tune of SmolLM2-135M-Instruct, {m['steps']} steps x {args.batch_size} examples, "
-          f"2-core CPU (shared)")
+          f"{hp.get('cpu', hp['device'])} {hp.get('cpu_features', '')}, {hp['mixed_precision']}, "
+          f"{hp.get('torch_threads')} threads, load average {os.getloadavg()[0]:.2f}")
+    print(f"  dev examples           {m['dev_examples']} of {card['data']['dev_fit']}")
     print(f"  training tokens/s      {m['train_tokens_per_s']}")
     print(f"  training minutes       {m['train_seconds'] / 60:.2f} (wall incl. evals and export {wall / 60:.2f})")
     print(f"  dev loss untuned       {m['dev_loss_before']:.4f}  (baseline, same process)")

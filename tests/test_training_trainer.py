@@ -111,13 +111,17 @@ def test_finetune_exports_a_loadable_model_with_a_card(tiny_lm_dir, tmp_path):
     stats = write_dataset(tmp_path / "ds", examples[:10], examples[10:],
                           {"sources": "none", "pii": {"EMAIL": 3}})
     out = tmp_path / "ft"
-    settings = TrainingSettings(batch_size=4, lr=5e-3, eval_every=2, patience=0, max_length=256)
+    # float32: the reloaded model's loss below is compared with the trainer's dev loss.
+    settings = TrainingSettings(batch_size=4, lr=5e-3, eval_every=2, patience=0, max_length=256,
+                                mixed_precision="no")
     card = finetune(tmp_path / "ds", str(tiny_lm_dir), out, settings, max_steps=6, log_every=1)
 
     assert card["method"] == "lora" and card["merged"]
     assert card["data"]["data_sha256"] == stats["data_sha256"]
     assert card["data"]["pii"] == {"EMAIL": 3}
-    assert card["data"]["train_used"] == 10 and card["data"]["dev_used"] == 2
+    assert card["data"]["train_used"] == 10 and card["data"]["dev_used"] == card["data"]["dev_fit"] == 2
+    assert card["hyperparameters"]["mixed_precision"] == "no"
+    assert card["hyperparameters"]["torch_threads"] >= 1 and card["metrics"]["dev_examples"] == 2
     assert card["hyperparameters"]["lr"] == 5e-3 and card["hyperparameters"]["lora_r"] == 16
     assert card["metrics"]["dev_loss_best"] < card["metrics"]["dev_loss_before"]
     assert json.loads((out / "training_card.json").read_text()) == json.loads(json.dumps(card))

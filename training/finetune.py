@@ -19,7 +19,7 @@ from bot.core.errors import ConfigError, SupportbotError
 from bot.core.settings import TrainingSettings
 from training.model_card import write_card
 from training.sft_dataset import Collator, SFTData, read_examples
-from training.trainer import Callback, TrainConfig, Trainer
+from training.trainer import Callback, TrainConfig, Trainer, cpu_features, cpu_model_name
 
 
 def resolve_base(base: str, data_dir: Path) -> str:
@@ -125,7 +125,9 @@ def finetune(
             **{k: stats.get(k) for k in ("data_sha256", "train_examples", "dev_examples",
                                          "train_conversations", "dev_conversations", "sources",
                                          "pii", "import")},
-            "train_used": len(train_data), "dev_used": len(dev_data),
+            # dev_used: the examples the dev loss is computed on (at most max_dev_examples of the
+            # dev_fit ones, a fixed seeded sample).
+            "train_used": len(train_data), "dev_used": trainer.dev_size, "dev_fit": len(dev_data),
             "skipped_too_long": train_data.skipped + dev_data.skipped,
             "truncated": train_data.truncated + dev_data.truncated,
             "train_tokens_per_epoch": train_data.tokens(),
@@ -134,7 +136,9 @@ def finetune(
             **asdict(config), "max_length": settings.max_length, "trainable_params": trainable,
             **({"lora_r": settings.lora_r, "lora_alpha": settings.lora_alpha,
                 "lora_dropout": settings.lora_dropout} if method == "lora" else {}),
-            "processes": acc.num_processes, "device": str(acc.device), "mixed_precision": acc.mixed_precision,
+            "processes": acc.num_processes, "device": str(acc.device), "mixed_precision": trainer.mixed_precision,
+            **({"torch_threads": trainer.threads, "cpu": cpu_model_name(), "cpu_features": cpu_features()}
+               if acc.device.type == "cpu" else {}),
         },
         "metrics": metrics,
     }

@@ -43,7 +43,7 @@ def render_card(card: dict[str, Any]) -> str:
             "dataset": data.get("path"),
             "sha256": data.get("data_sha256"),
             "train examples (used)": f"{data.get('train_examples')} ({data.get('train_used')})",
-            "dev examples (used)": f"{data.get('dev_examples')} ({data.get('dev_used')})",
+            "dev examples (used for the dev loss)": f"{data.get('dev_examples')} ({data.get('dev_used')})",
             "train / dev conversations": f"{data.get('train_conversations')} / {data.get('dev_conversations')}",
             "prompts too long (skipped)": data.get("skipped_too_long"),
             "replies truncated": data.get("truncated"),

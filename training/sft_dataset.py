@@ -227,9 +227,17 @@ class SFTData(torch.utils.data.Dataset):
     def tokens(self) -> int:
         return sum(len(x["input_ids"]) for x in self.items)
 
+    def lengths(self) -> list[int]:
+        """Tokens of every example (the trainer's length-bucketed batching reads them)."""
+        return [len(x["input_ids"]) for x in self.items]
+
 
 class Collator:
-    """Right-pads a batch: ``input_ids`` with the pad id, ``labels`` with -100. Shapes (B, T)."""
+    """Right-pads a batch: ``input_ids`` with the pad id, ``labels`` with -100. Shapes (B, T).
+
+    The trainer's batches hold examples of similar length (``training.trainer.LengthBucketSampler``),
+    so the padding is small; ``attention_mask`` marks the real tokens (the throughput counts those).
+    """
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
@@ -241,7 +249,7 @@ class Collator:
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for i, x in enumerate(batch):
             n = len(x["input_ids"])
-            ids[i, :n] = torch.tensor(x["input_ids"])
-            labels[i, :n] = torch.tensor(x["labels"])
+            ids[i, :n] = torch.as_tensor(x["input_ids"], dtype=torch.long)
+            labels[i, :n] = torch.as_tensor(x["labels"], dtype=torch.long)
             mask[i, :n] = 1
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
