@@ -76,12 +76,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from bench.train_cross_selector import official_prf  # noqa: E402
 from bot.core.settings import Settings  # noqa: E402
 from bot.cross_selector import (  # noqa: E402
-    DETECT_TEMPLATE, META, PAIR_VERSION, CrossSelector, base_model_dir, detect_text, pair_text, pool,
+    DETECT_TEMPLATE, META, PAIR_VERSION, CrossSelector, base_model_dir, detect_text, pair_text, pool, pool_kind,
 )
-from bot.evaluate import _prf, load_dialogues  # noqa: E402
+from bot.evaluate import _prf, load_dialogues, selection_counts  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
@@ -123,7 +122,8 @@ def make_set(source: str, group: str, message: str, turns: list[dict], hits: lis
         "kind": kind, "gold": list(gold or []), "hits": [hits[i] for i, _ in cands],
         "docs": [hits[i].doc_id for i, _ in cands], "texts": [pair_text(hits[i], e) for i, e in cands],
         "y": np.array([positive[i] for i, _ in cands], dtype=np.float32),
-        "score": np.array([hits[i].score for i, _ in cands], dtype=np.float32), **extra,
+        "score": np.array([hits[i].score for i, _ in cands], dtype=np.float32),
+        "pool_kind": pool_kind([hits[i] for i, _ in cands]), **extra,
     }
 
 
@@ -293,6 +293,15 @@ def faq_part(args, settings, cache, embedder, held_out: bool = False) -> tuple[l
     return sets, detect, info
 
 
+def crosskb_part(args, retriever, cache, questions: list[tuple[str, str]]) -> list[dict]:
+    """Questions from the other sources (support requests, help-desk and FAQ-page questions)
+    retrieved from the DSTC11 base (hotels and restaurants), which answers none of them: the
+    entity pools' unanswerable instances (``part`` from each question's own source)."""
+    hits_all = cached_search(cache, "crosskb-dstc11", retriever, [(q, []) for q, _ in questions], args.k)
+    return [make_set("crosskb", part, q, [], hits, [False] * len(hits), args.k, args.entities, kind="oos", part=part)
+            for (q, part), hits in zip(questions, hits_all)]
+
+
 def bitext_part(args) -> list[dict]:
     rows = [json.loads(line) for line in open(args.data / "bitext" / "transcripts_train.jsonl", encoding="utf-8")
             if line.strip()]
@@ -416,15 +425,16 @@ def score(selector: CrossSelector, sets, detect, desc: str):
     selector's fusion), P(knowledge) per instance and per detection example."""
     for s in tqdm(sets, desc=f"score {desc}", unit="q", mininterval=30):
         s["z"] = selector.logits(s["message"], s["texts"]) if s["texts"] else np.zeros(0, np.float32)
-        s["p"] = selector.fuse(s["z"], s["score"])
+        s["p"] = selector.fuse(s["z"], s["score"], s["pool_kind"])
         s["p_detect"] = selector.knowledge_probability(s["message"], s["turns"])
     for d in tqdm(detect, desc=f"detect {desc}", unit="q", mininterval=30):
         d["p"] = selector.knowledge_probability(d["message"], d["turns"])
 
 
-def fit_fusion(tune_sets, start: dict | None) -> dict:
+def fit_fusion(tune_sets, start: dict | None, ratio: float | None = None) -> dict:
     """(a, b, c) of P = sigmoid(a * cross logit + b * retriever score + c): logistic regression
-    on the tune parts' pool pairs, each source weighted alike."""
+    on the tune parts' pool pairs (of one pool kind), each source weighted alike; with ``ratio``,
+    b = ratio * a (a one-feature regression on logit + ratio * score)."""
     from sklearn.linear_model import LogisticRegression
 
     X, y, w = [], [], []
@@ -436,9 +446,14 @@ def fit_fusion(tune_sets, start: dict | None) -> dict:
             y += [float(v) for v in s["y"]]
             w += [1.0 / n] * len(s["z"])
     w = np.array(w) * len(w) / sum(w)
-    lr = LogisticRegression(C=1.0, max_iter=1000).fit(np.array(X), np.array(y), sample_weight=w)
-    return {"cross": round(float(lr.coef_[0][0]), 4), "retriever": round(float(lr.coef_[0][1]), 4),
-            "bias": round(float(lr.intercept_[0]), 4), "trained": start}
+    X = np.array(X)
+    if ratio is not None:
+        X = X[:, :1] + ratio * X[:, 1:]
+    lr = LogisticRegression(C=1.0, max_iter=1000).fit(X, np.array(y), sample_weight=w)
+    a = float(lr.coef_[0][0])
+    b = a * ratio if ratio is not None else float(lr.coef_[0][1])
+    return {"cross": round(a, 4), "retriever": round(b, 4), "bias": round(float(lr.intercept_[0]), 4),
+            "ratio": ratio, "trained": start}
 
 
 def faq_outcomes(selector, sets, max_sources: int, threshold: float | None = None) -> dict:
@@ -447,7 +462,8 @@ def faq_outcomes(selector, sets, max_sources: int, threshold: float | None = Non
     ok = {"answerable": [], "unanswerable": []}
     for s in sets:
         detected = s["p_detect"] >= (selector.pair_detector[1] if threshold is None else threshold)
-        chosen = selector.choose(s["p"], max_sources, bool(detected))
+        chosen = selector.choose(s["p"], max_sources, bool(detected), s["pool_kind"],
+                                 float(s["hits"][0].confidence) if s["hits"] else None)
         if s["kind"] == "knowledge":
             if not s["y"].any():
                 ok["answerable"].append(False)
@@ -489,38 +505,71 @@ def choose_thresholds(selector, tune_sets, tune_detect, max_sources: int) -> dic
             best = (obj, t, fig)
     det_t = best[1]
     selector.pair_detector = (selector.pair_detector[0], det_t)
-    # 2. select and ground thresholds
-    dstc = [s for s in tune_sets if s["source"] == "dstc11"]
-    detected = [bool(s["p_detect"] >= det_t) for s in dstc]
-    faq_like = {src: [s for s in tune_sets if s["source"] == src] for src in ("stackfaq", "faq")}
-    best_sel = None
-    for g in [0.0] + grid:
-        for st in grid:
-            if st < g:
-                continue
-            selector.ground_threshold, selector.select_threshold = g, st
-            parts = []
-            f1 = official_prf(dstc, [s["p"] for s in dstc], selector, max_sources, detected)[2] if dstc else None
-            if f1 is not None:
-                parts.append(f1)
-            outs = {src: faq_outcomes(selector, ss, max_sources) for src, ss in faq_like.items() if ss}
-            parts += [o["balanced"] for o in outs.values() if o["balanced"] is not None]
-            obj = float(np.mean(parts))
-            if best_sel is None or obj > best_sel[0] + 1e-9:
-                best_sel = (obj, g, st, f1, outs)
-    _, g, st, f1, outs = best_sel
-    selector.ground_threshold, selector.select_threshold = g, st
-    prf = official_prf(dstc, [s["p"] for s in dstc], selector, max_sources, detected) if dstc else (0, 0, 0)
-    return {"detect": det_t, "ground": g, "select": st,
-            "tune_detection": best[2],
-            "tune_dstc11_selection": {k: round(v, 4) for k, v in zip(("precision", "recall", "f1"), prf)},
-            "tune_faq_like": {k: {kk: (round(vv, 4) if isinstance(vv, float) else vv) for kk, vv in v.items()}
-                              for k, v in outs.items()}}
+    # 2. select and ground thresholds per pool kind: entity pools (DSTC11) by the mean of
+    # selection F1 and "answered" detection F1 (what supportbot eval counts); flat pools (StackFAQ,
+    # FAQ pages) by the mean of their balanced right-outcome shares.
+    out = {"detect": det_t, "tune_detection": best[2], "profiles": {}}
+    for kind in ("entity", "flat"):
+        ss = [s for s in tune_sets if s["pool_kind"] == kind]
+        if not ss:
+            continue
+        prof = selector.profiles.setdefault(kind, {"fusion": selector.fusion, "ground": 0.0, "select": 0.5})
+        best_sel = None
+        coarse = [round(t, 3) for t in np.arange(0.05, 0.951, 0.05)]
+        for mc in (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075):
+            for g in [0.0] + coarse:
+                for st in coarse:
+                    if st < g:
+                        continue
+                    prof["ground"], prof["select"], prof["min_confidence"] = g, st, mc
+                    figs = kind_figures(selector, ss, max_sources)
+                    obj = float(np.mean([v for k, v in figs.items() if k.endswith("objective_part")]))
+                    if best_sel is None or obj > best_sel[0] + 1e-9:
+                        best_sel = (obj, g, st, mc, figs)
+        obj, prof["ground"], prof["select"], prof["min_confidence"], figs = best_sel
+        out["profiles"][kind] = {"ground_threshold": prof["ground"], "select_threshold": prof["select"],
+                                 "min_confidence": prof["min_confidence"],
+                                 "objective": round(obj, 4),
+                                 "tune": {k.replace("_objective_part", ""): v for k, v in figs.items()}}
+    return out
+
+
+def kind_figures(selector, ss, max_sources: int) -> dict:
+    """Tune figures of one pool kind's instances (``*_objective_part``: what is maximised)."""
+    figs = {}
+    dstc = [s for s in ss if s["source"] == "dstc11"]
+    if dstc:
+        tp = fp = fn = 0
+        a_tp = a_fp = a_fn = 0
+        for s in dstc:
+            chosen = chosen_by(selector, s, max_sources)
+            t, f, n = selection_counts(s["gold"], [s["docs"][i] for i in chosen])
+            tp, fp, fn = tp + t, fp + f, fn + n
+            a_tp += int(bool(chosen) and s["target"])
+            a_fp += int(bool(chosen) and not s["target"])
+            a_fn += int(not chosen and s["target"])
+        p, r, f1 = _prf(tp, fp, fn)
+        figs["dstc11_selection"] = {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f1, 4)}
+        figs["dstc11_selection_f1_objective_part"] = round(f1, 4)
+        figs["dstc11_answered_detection_f1_objective_part"] = round(_prf(a_tp, a_fp, a_fn)[2], 4)
+    cross = [s for s in ss if s["source"] == "crosskb"]
+    if cross:
+        nothing = float(np.mean([not chosen_by(selector, s, max_sources) for s in cross]))
+        figs["crosskb_nothing_selected_objective_part"] = round(nothing, 4)
+    for src in ("stackfaq", "faq"):
+        group = [s for s in ss if s["source"] == src]
+        if group:
+            o = faq_outcomes(selector, group, max_sources)
+            figs[src] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in o.items()}
+            if o["balanced"] is not None:
+                figs[f"{src}_balanced_objective_part"] = round(o["balanced"], 4)
+    return figs
 
 
 def chosen_by(selector, s: dict, max_sources: int) -> list[int]:
     """What ``selector.select`` chooses on instance ``s`` (from its scored P and P(knowledge))."""
-    return selector.choose(s["p"], max_sources, bool(s["p_detect"] >= selector.pair_detector[1]))
+    return selector.choose(s["p"], max_sources, bool(s["p_detect"] >= selector.pair_detector[1]), s["pool_kind"],
+                           float(s["hits"][0].confidence) if s["hits"] else None)
 
 
 def held_out_report(selector, sets, detect, max_sources: int) -> dict:
@@ -616,6 +665,12 @@ def latency(selector, hits_source: list, runs: int = 7) -> dict:
 
 
 # -- main -------------------------------------------------------------------------------------------
+def comps_bot(comps) -> str:
+    from bot.eval_kb import EVAL_BOT
+
+    return EVAL_BOT
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DATA)
@@ -669,9 +724,12 @@ def main() -> None:
     f_sets, f_detect, f_info = faq_part(args, settings, cache, embedder)
     h_sets, h_detect, _ = faq_part(args, settings, cache, embedder, held_out=True)
     b_detect = bitext_part(args)
+    x_sets = crosskb_part(args, comps.retriever(comps_bot(comps)), cache,
+                          [(d["message"], d["part"]) for d in s_detect + f_detect + h_detect + b_detect
+                           if d["part"] in ("tune", "held")])
     t_data = time.perf_counter() - t0
 
-    sets = d_sets + s_sets + f_sets
+    sets = d_sets + s_sets + f_sets + x_sets
     detect = d_detect + s_detect + f_detect + b_detect
     fit_sets = [s for s in sets if s["part"] == "fit"]
     fit_detect = [d for d in detect if d["part"] == "fit"]
@@ -705,6 +763,7 @@ def main() -> None:
                 shutil.copy(args.adapter / name, args.out / name)
         old = json.loads((args.adapter / META).read_text()) if (args.adapter / META).is_file() else {}
         losses, n_pairs, t_train = [], old.get("train_pairs_per_epoch"), 60.0 * old.get("train_minutes", 0.0)
+        args.trained_fusion = (old.get("fusion") or {}).get("trained")
         meta = None
     else:
         losses, n_pairs, t_train = train(args, fit_sets, fit_detect)
@@ -726,19 +785,49 @@ def main() -> None:
     t_score = time.perf_counter() - t_score
 
     if not args.eval_only:
-        if args.fusion:
-            fusion = fit_fusion(tune_sets, getattr(args, "trained_fusion", None))
-            selector.fusion = (fusion["cross"], fusion["retriever"], fusion["bias"])
-            meta["fusion"] = fusion
-            for s in tune_sets + held_sets:
-                s["p"] = selector.fuse(s["z"], s["score"])
-            print("fusion", json.dumps(fusion), flush=True)
-        th = choose_thresholds(selector, tune_sets, tune_detect, args.max_sources)
+        # The fusion per pool kind: the retriever/cross weight ratio from a grid (None: both
+        # weights by the regression), each with its thresholds; the best tune objective wins.
+        ratios = [None, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0] if args.fusion else [None]
+        best_kind: dict = {}
+        for ratio in ratios:
+            fusions = {}
+            for kind in ("entity", "flat"):
+                ss = [s for s in tune_sets if s["pool_kind"] == kind and s["source"] != "crosskb"]
+                fusions[kind] = fit_fusion(ss, getattr(args, "trained_fusion", None), ratio) \
+                    if args.fusion and ss else None
+                selector.profiles[kind] = {"fusion": None if fusions[kind] is None else
+                                           (fusions[kind]["cross"], fusions[kind]["retriever"], fusions[kind]["bias"]),
+                                           "ground": 0.0, "select": 0.5}
+            for s in tune_sets:
+                s["p"] = selector.fuse(s["z"], s["score"], s["pool_kind"])
+            th_r = choose_thresholds(selector, tune_sets, tune_detect, args.max_sources)
+            for kind, v in th_r["profiles"].items():
+                print(f"ratio {ratio} {kind}: objective {v['objective']}", flush=True)
+                if kind not in best_kind or v["objective"] > best_kind[kind][0] + 1e-9:
+                    best_kind[kind] = (v["objective"], fusions[kind], v, th_r)
+        th = next(iter(best_kind.values()))[3]
+        th["profiles"] = {kind: v for kind, (_, _, v, _) in best_kind.items()}
+        fusions = {kind: f for kind, (_, f, _, _) in best_kind.items()}
+        for kind, (_, f, v, _) in best_kind.items():
+            selector.profiles[kind] = {"fusion": None if f is None else (f["cross"], f["retriever"], f["bias"]),
+                                       "ground": v["ground_threshold"], "select": v["select_threshold"],
+                                       "min_confidence": v["min_confidence"]}
+        for s in tune_sets + held_sets:
+            s["p"] = selector.fuse(s["z"], s["score"], s["pool_kind"])
+        print("fusion", json.dumps(fusions), flush=True)
+        profiles = {kind: {"fusion": fusions.get(kind), "ground_threshold": v["ground_threshold"],
+                           "select_threshold": v["select_threshold"], "min_confidence": v["min_confidence"]}
+                    for kind, v in th["profiles"].items()}
+        flat = profiles.get("flat") or next(iter(profiles.values()))
+        th.update(select=flat["select_threshold"], ground=flat["ground_threshold"])
+        th["tune"] = {kind: v["tune"] for kind, v in th["profiles"].items()}
         meta.update({
             "select_threshold": th["select"], "ground_threshold": th["ground"],
             # with the pair detector detect_threshold is not used; it is the rule without one
             "detect_threshold": th["ground"] if th["ground"] > 0 else 0.5,
             "detector": {"kind": "pair", "template": DETECT_TEMPLATE, "threshold": th["detect"]},
+            "fusion": flat["fusion"],
+            "profiles": profiles,
             "held_out": {"stackfaq_threads": s_info["held_threads"], "faq_companies": f_info.get("held_out", []),
                          "dstc11": "dialogues_dev.jsonl (never read by the training)",
                          "faq_sample_questions": "bench/faq_corpus/sample_faq_questions.json (never fitted)"},
@@ -747,7 +836,7 @@ def main() -> None:
             "fitted_on": {"faq_companies": f_info.get("fit", []), "bitext": f"{args.bitext} sampled requests (85%)",
                           "dstc11": "85% of dialogues_train.jsonl dialogues", "stackfaq": s_info["thread_counts"]},
             "mixture": mixture,
-            "tune": {k: v for k, v in th.items() if k.startswith("tune")},
+            "tune": {"detection": th["tune_detection"], **th["tune"]},
             "init": Path(args.init).name if args.init and args.init != "none" else None,
             "epochs": args.epochs, "lora_rank": args.rank, "lr": args.lr, "batch": args.batch,
             "negatives": args.negatives, "other_negatives": args.other_negatives,
@@ -760,8 +849,10 @@ def main() -> None:
         selector = CrossSelector.load(args.out, threads=args.threads, embedder=embedder)
 
     report = held_out_report(selector, held_sets, [], args.max_sources)
-    report["policy_clarify_threshold_on_tune"] = policy_table(selector, tune_sets, args.max_sources)
-    report["policy_clarify_threshold_on_held_out"] = policy_table(selector, held_sets, args.max_sources)
+    xh = [s for s in held_sets if s["source"] == "crosskb"]
+    if xh:
+        report["crosskb_held_out_nothing_selected"] = {
+            "n": len(xh), "share": round(float(np.mean([not chosen_by(selector, s, args.max_sources) for s in xh])), 4)}
     report["detection_held_out"] = detection_figures(h_detect + [d for d in detect if d["part"] == "held"],
                                                      selector.pair_detector[1])
     sfq_hits = next(s["hits"] for s in sets if s["source"] == "stackfaq" and len(s["hits"]) >= 5)
@@ -773,8 +864,7 @@ def main() -> None:
         (args.out / META).write_text(json.dumps(meta, indent=1) + "\n")
     print(json.dumps({
         "selector": str(args.out), "thresholds": {"detect": selector.pair_detector[1],
-                                                  "ground": selector.ground_threshold,
-                                                  "select": selector.select_threshold},
+                                                  "profiles": meta.get("profiles")},
         "tune": meta.get("tune"), "held_out": report, "latency": lat,
         "final_loss_mean_last_50": round(float(np.mean(losses[-50:])), 4) if losses else None,
         "train_minutes": round(t_train / 60, 1), "score_seconds": round(t_score, 1),

@@ -7,7 +7,7 @@ import click
 
 import training.cli
 import web.cli
-from bot import cli_dialogue, cli_knowledge
+from bot import cli_dialogue, cli_fixes, cli_knowledge
 from bot.core.errors import SupportbotError
 from bot.core.settings import load_settings
 
@@ -36,5 +36,5 @@ def main(ctx: click.Context, data_dir: str | None, bot_name: str | None) -> None
     ctx.obj = {"settings": settings, "bot": bot_name or settings.default_bot}
 
 
-for _module in (cli_knowledge, cli_dialogue, web.cli, training.cli):
+for _module in (cli_knowledge, cli_dialogue, cli_fixes, web.cli, training.cli):
     _module.register(main)

@@ -109,10 +109,15 @@ def format_summary(report: dict) -> str:
 
 
 @click.command(name="eval")
-@click.option("--kb", "kb_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Knowledge base JSONL.")
-@click.option("--dialogues", "dialogues_path", required=True,
+@click.option("--kb", "kb_path", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Knowledge base JSONL (with --dialogues).")
+@click.option("--dialogues", "dialogues_path", default=None,
               type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Dialogue instances JSONL.")
+@click.option("--regressions", "regressions", is_flag=True,
+              help="Also ask the bot's approved fixes (--bot) over its own knowledge base; count those right.")
+@click.option("--regressions-file", "regressions_file", default=None,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Regression cases JSONL (`supportbot fixes export --regressions`) instead of the store's.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the report as JSON here.")
 @click.option("--limit", type=int, default=None, help="Only the first N instances.")
@@ -124,20 +129,48 @@ def format_summary(report: dict) -> str:
 @click.option("--predictions", "predictions_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Also write each instance's decision, selection and reply (JSONL).")
 @click.pass_context
-def eval_cmd(ctx, kb_path, dialogues_path, out_path, limit, model, backend, no_generate, predictions_path):
-    """Evaluate the bot on dialogues: knowledge selection, retrieval, reply BLEU/ROUGE, decisions, speed."""
+def eval_cmd(ctx, kb_path, dialogues_path, out_path, limit, model, backend, no_generate, predictions_path,
+             regressions, regressions_file):
+    """Evaluate the bot on dialogues: knowledge selection, retrieval, reply BLEU/ROUGE, decisions, speed;
+    with --regressions, on the fixes its agents wrote (each must be answered with the fix's answer)."""
+    from bot.core.errors import SupportbotError
     from bot.evaluate import run_eval
 
-    report = run_eval(
-        ctx.obj["settings"], kb_path, dialogues_path, model=model, limit=limit, progress=True,
-        backend=backend, generate=not no_generate, predictions_path=predictions_path,
-    )
-    click.echo(f"supportbot eval: {dialogues_path} ({report['n_instances']} instances, model {report['model'] or '-'})")
-    click.echo(format_summary(report))
+    with_regressions = regressions or regressions_file is not None
+    if (kb_path is None) != (dialogues_path is None) or (kb_path is None and not with_regressions):
+        raise SupportbotError("give --kb and --dialogues, --regressions, or both")
+    report: dict = {}
+    if kb_path is not None:
+        report = run_eval(
+            ctx.obj["settings"], kb_path, dialogues_path, model=model, limit=limit, progress=True,
+            backend=backend, generate=not no_generate, predictions_path=predictions_path,
+        )
+        click.echo(f"supportbot eval: {dialogues_path} ({report['n_instances']} instances, model {report['model'] or '-'})")
+        click.echo(format_summary(report))
+    if with_regressions:
+        report.update(_regressions(ctx, regressions_file, model, backend))
     if out_path is not None:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(report, indent=1))
         click.echo(f"report written to {out_path}")
+
+
+def _regressions(ctx, path, model, backend) -> dict:
+    """Ask the regression cases through the bot as it serves (direct FAQ replies included)."""
+    from bot.evaluate import load_regressions, run_regressions
+    from bot.fixes import Fixes
+
+    comps = _components(ctx)
+    bot = ctx.obj["bot"]
+    cases = load_regressions(path) if path is not None else Fixes(comps.db).regression_cases(bot)
+    result = run_regressions(ctx.obj["settings"], cases, comps, bot, model=model, backend=backend, progress=True)
+    click.echo(f"regressions ({path or f'approved fixes of bot {bot!r}'}): "
+               f"{result['regressions_right']} of {result['regressions_n']} answered right")
+    for r in result["regressions"]:
+        if not r["right"]:
+            click.secho(f"  wrong: {r['id']} {r['question'][:60]!r} -> {r['decision']}: {(r['reply'] or '')[:80]!r}",
+                        fg="yellow")
+    return result
 
 
 def register(main: click.Group) -> None:

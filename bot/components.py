@@ -15,6 +15,7 @@ from functools import cached_property
 from typing import Any, Callable, Mapping, TypeVar
 
 from bot.checker import Checker, load_checker
+from bot.faq_match import FAQMatcher, load_matcher
 from bot.conversations import ConversationStore
 from bot.core.errors import ConfigError
 from bot.core.settings import DialogueSettings, Settings
@@ -23,15 +24,18 @@ from bot.dialogue import DialogueManager
 from bot.generators.base import Generator
 from bot.generators.extractive_generator import ExtractiveGenerator
 from bot.generators.following import following_generator
+from bot.handoff import HandoffDesk
 from bot.pipeline import TurnPipeline
 from bot.selection import Selector, build_selector
+from bot.webhooks import Webhooks
 from retrieval.embedder import build_embedder
 from retrieval.hybrid import HybridRetriever
 from retrieval.knowledge import KnowledgeBase
 from retrieval.snapshot import LiveSnapshot, SnapshotStore, StoredVectors
 from retrieval.types import Embedder
 
-PARTS = ("db", "embedder", "snapshots", "knowledge", "generator", "checker", "conversations")
+PARTS = ("db", "embedder", "snapshots", "knowledge", "generator", "checker", "faq_matcher", "conversations",
+         "webhooks")
 T = TypeVar("T")
 
 
@@ -138,8 +142,23 @@ class Components:
                               "'overlap' (word overlap) or '' (no checking)") from exc
 
     @cached_property
+    def faq_matcher(self) -> FAQMatcher | None:
+        """P(the top FAQ entry answers the question) (``dialogue.faq_matcher``; "" = none)."""
+        return self._part("faq_matcher", lambda: load_matcher(
+            self.settings.dialogue.faq_matcher, self.embedder, self.settings.dialogue.selector_threads))
+
+    @cached_property
     def conversations(self) -> ConversationStore:
         return self._part("conversations", lambda: ConversationStore(self.db))
+
+    @cached_property
+    def webhooks(self) -> Webhooks:
+        return self._part("webhooks", lambda: Webhooks(self.db, self.settings.handoff))
+
+    @cached_property
+    def handoffs(self) -> HandoffDesk:
+        """The live hand-off (one per process: its change signal wakes this process's streams)."""
+        return HandoffDesk(self.conversations, self.settings.handoff, emit=self.webhooks.enqueue)
 
     def pipeline(self, bot: str | None = None, generator: Generator | None = None,
                  with_generator: bool = True, dialogue: DialogueSettings | None = None) -> TurnPipeline:
@@ -155,12 +174,15 @@ class Components:
                                       stored_vectors=StoredVectors(self.live(bot).get))
         checker = (self.checker if dialogue.checker == self.settings.dialogue.checker
                    else self._load_checker(dialogue.checker))
+        matcher = (self.faq_matcher if dialogue.faq_matcher == self.settings.dialogue.faq_matcher
+                   else load_matcher(dialogue.faq_matcher, self.embedder, dialogue.selector_threads))
         return TurnPipeline(self.retriever(bot), selector, gen, ExtractiveGenerator(), dialogue,
-                            checker=checker, embedder=self.embedder)
+                            checker=checker, embedder=self.embedder, matcher=matcher)
 
     def dialogue(self, bot: str | None = None) -> DialogueManager:
         bot = bot or self.settings.default_bot
         with self._lock:
             if bot not in self._dialogues:
-                self._dialogues[bot] = DialogueManager(self.conversations, self.pipeline(bot), self.settings.dialogue)
+                self._dialogues[bot] = DialogueManager(self.conversations, self.pipeline(bot), self.settings.dialogue,
+                                                       handoffs=self.handoffs)
             return self._dialogues[bot]

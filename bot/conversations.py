@@ -14,6 +14,12 @@ work (one transaction). Safe under concurrent writers:
 Roles stored: ``user``, ``bot`` (the assistant) and ``human`` (a human agent). ``turns()`` maps
 both ``bot`` and ``human`` to ``agent``, the role name used by the retriever and the data formats.
 Timestamps are returned as ISO 8601 strings in UTC (``...Z``).
+
+Statuses: ``bot`` (the assistant answers) -> ``waiting`` (for a person) -> ``human`` (a person
+has it) -> ``resolved``; the transitions and their rules are ``bot/handoff.py``'s, which writes
+them through this store's session helper. ``request_handoff`` here only records a hand-off and
+marks the conversation ``waiting``. A visitor's ``visitor_email`` is never part of the dicts this
+store returns (the agent's view in ``bot/handoff.py`` is the one place that shows it).
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ from bot.core.store.db import Database
 from bot.core.store.models import Conversation, Feedback, Handoff, Message, utcnow
 
 ROLES = ("user", "bot", "human")
-STATUSES = ("open", "handed_off", "resolved")
+STATUSES = ("bot", "waiting", "human", "resolved")
 # Fields of a message that add_message/update_message may set (besides role and text).
 MESSAGE_FIELDS = frozenset(
     {
@@ -72,6 +78,12 @@ class ConversationStore:
                 time.sleep(0.01 * (2**attempt) * (0.5 + random.random()))
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def run(self, work: Callable[[Session], T]) -> T:
+        """``work(session)`` as one unit of work, retried on lock contention (see the module
+        docstring): for the dialogue modules that write conversation rows of their own
+        (``bot/handoff.py``); ``work`` must start with a write and be idempotent until it commits."""
+        return self._run(work)
+
     @staticmethod
     def _touch(s: Session, conversation_id: str, **values: Any) -> None:
         """Start a write transaction on the conversation row; NotFound when there is none."""
@@ -92,7 +104,7 @@ class ConversationStore:
             s.add(
                 Conversation(
                     id=conversation_id, bot_id=bot_id, visitor_id=str(visitor_id)[:64],
-                    status="open", meta=dict(metadata or {}),
+                    status="bot", meta=dict(metadata or {}),
                 )
             )
             s.flush()
@@ -120,6 +132,10 @@ class ConversationStore:
             "bot_id": conv.bot_id,
             "visitor_id": conv.visitor_id,
             "status": conv.status,
+            "assigned_to": conv.assigned_to or "",
+            "waiting_since": _iso(conv.waiting_since),
+            "resolved_at": _iso(conv.resolved_at),
+            "reopened_at": _iso(conv.reopened_at),
             "metadata": dict(conv.meta or {}),
             "created_at": _iso(conv.created_at),
             "updated_at": _iso(conv.updated_at),
@@ -140,7 +156,8 @@ class ConversationStore:
                 "created_at": _iso(row.created_at)}
 
     def set_status(self, conversation_id: str, status: str) -> None:
-        """Set ``open`` | ``handed_off`` | ``resolved`` (the admin console resolves conversations)."""
+        """Set a status without the hand-off rules (imports and tests; the console and the agent
+        API go through ``bot/handoff.py``)."""
         if status not in STATUSES:
             raise SupportbotError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
         self._run(lambda s: self._touch(s, conversation_id, status=status))
@@ -259,6 +276,15 @@ class ConversationStore:
                 out.append(row)
             return out
 
+    def messages_after(self, conversation_id: str, after_id: int = 0, limit: int = 200) -> list[dict]:
+        """Messages with an id above ``after_id``, oldest first (what a live view has not shown)."""
+        with self.db.session() as s:
+            rows = s.scalars(
+                select(Message).where(Message.conversation_id == conversation_id, Message.id > int(after_id))
+                .order_by(Message.id).limit(max(1, int(limit)))
+            ).all()
+            return [self._message_dict(m) for m in rows]
+
     def turns(self, conversation_id: str, limit: int = 20) -> list[dict]:
         """The last ``limit`` non-empty messages as ``{"role": "user"|"agent", "text"}``, oldest first."""
         with self.db.session() as s:
@@ -300,10 +326,12 @@ class ConversationStore:
         return self._run(work)
 
     def request_handoff(self, conversation_id: str, reason: str) -> int:
-        """Record a hand-off to a person and mark the conversation ``handed_off``; returns its id."""
+        """Record a hand-off to a person and mark the conversation ``waiting`` (since now, unless it
+        was waiting already); returns its id. ``bot/handoff.py`` decides when this may happen."""
 
         def work(s: Session) -> int:
-            self._touch(s, conversation_id, status="handed_off")
+            self._touch(s, conversation_id, status="waiting",
+                        waiting_since=func.coalesce(Conversation.waiting_since, utcnow()))
             handoff = Handoff(conversation_id=conversation_id, reason=(reason or "requested")[:64])
             s.add(handoff)
             s.flush()

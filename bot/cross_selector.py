@@ -24,9 +24,10 @@ two nights" and "thanks, bye" do not)? Three ways, by what the folder holds:
 * neither: the best passage's P >= ``detect_threshold``.
 
 A turn that needs none selects nothing (the dialogue manager then does not answer from sources).
-Otherwise, when the best passage's P reaches ``ground_threshold`` (0 when absent: a detected turn
-always selects; the support selector sets it so that a question the knowledge base does not answer
-selects nothing), the passages with P >= ``select_threshold`` (at least the best), at most
+Otherwise, when the retriever's confidence in its top hit reaches the pool kind's
+``min_confidence`` and the best passage's P reaches ``ground_threshold`` (both 0 when absent: a
+detected turn always selects; the support selector sets them so that a question the knowledge base
+does not answer selects nothing, and the policy hands it off), the passages with P >= ``select_threshold`` (at least the best), at most
 ``max_sources``, in the retriever's order.
 
 With ``"fusion": {"cross": a, "retriever": b, "bias": c}`` in ``selector.json``, a passage's P is
@@ -34,7 +35,9 @@ With ``"fusion": {"cross": a, "retriever": b, "bias": c}`` in ``selector.json``,
 fused score (``Hit.score``), which on FAQ pages already ranks the right entry first most of the
 time. The support selector is trained with that offset in its loss (so it learns what the
 retriever misses), and ``a``, ``b``, ``c`` are refitted on held-out train data; a retriever whose
-scores change needs them refitted (``bench/train_support_selector.py --adapter``).
+scores change needs them refitted (``bench/train_support_selector.py --adapter``). ``"profiles":
+{"entity": {...}, "flat": {...}}`` holds a fusion, ``ground_threshold`` and ``select_threshold``
+per pool kind (``pool_kind``).
 
 A trained selector is a folder: a peft LoRA adapter (``adapter_config.json``,
 ``adapter_model.safetensors``: low-rank updates of the attention and feed-forward weights plus the
@@ -99,6 +102,21 @@ def detect_text(turns: Sequence[dict], template: str = DETECT_TEMPLATE) -> str:
     return template.format(agent=" ".join(agent.split()) or "-")
 
 
+def pool_kind(hits: Sequence[Hit]) -> str:
+    """``"entity"`` when the passages name the entity they are about (``metadata["entity_name"]``:
+    hotels, restaurants, products), else ``"flat"`` (FAQ pages, help articles). A selector may
+    keep a fusion and thresholds per kind (``selector.json`` ``profiles``): in an entity knowledge
+    base a question the detector flags is about an entity the base describes (a low P mostly means
+    the snippet is outside the pool), on a flat FAQ it may be about nothing the FAQ covers."""
+    return "entity" if hits and (hits[0].metadata or {}).get("entity_name") else "flat"
+
+
+def _fusion(fusion) -> tuple[float, float, float] | None:
+    if not isinstance(fusion, dict):
+        return None
+    return float(fusion["cross"]), float(fusion["retriever"]), float(fusion["bias"])
+
+
 def native_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX)."""
     import torch
@@ -144,8 +162,9 @@ def read_meta(path: Path) -> dict:
 
 
 class CrossSelector:
-    """``select(message, hits, k)``: the grounding passages; ``needs_knowledge`` is whether it chose
-    any (an empty choice means "answer from no source": the policy asks back instead).
+    """``select(message, hits, k)``: the grounding passages; ``needs_knowledge`` is the detector's
+    verdict (a knowledge turn with nothing chosen: the knowledge base does not answer it, the policy
+    hands it off), or without a detector whether it chose any.
 
     ``model`` is a sequence-pair classifier with one logit (transformers), ``tokenizer`` its
     tokenizer. Calls are serialised by a lock (a fast tokenizer is not re-entrant) and run on
@@ -166,8 +185,14 @@ class CrossSelector:
         self.ground_threshold = float(meta.get("ground_threshold", 0.0))
         fusion = meta.get("fusion")
         # (a, b, c): P = sigmoid(a * cross logit + b * hit.score + c), or None (the cross logit alone)
-        self.fusion = ((float(fusion["cross"]), float(fusion["retriever"]), float(fusion["bias"]))
-                       if isinstance(fusion, dict) else None)
+        self.fusion = _fusion(fusion)
+        # per pool kind ("entity" / "flat"): {"fusion", "ground", "select"}
+        self.profiles = {
+            kind: {"fusion": _fusion(prof.get("fusion")),
+                   "ground": float(prof.get("ground_threshold", self.ground_threshold)),
+                   "min_confidence": float(prof.get("min_confidence", 0.0)),
+                   "select": float(prof.get("select_threshold", meta["select_threshold"]))}
+            for kind, prof in (meta.get("profiles") or {}).items()}
         self.bf16 = meta.get("autocast") == "bfloat16" and native_bf16()
         self.tokenizer = tokenizer
         self.meta = meta
@@ -254,33 +279,49 @@ class CrossSelector:
                 out = self.model(**batch).logits[:, 0]  # (n,)
         return out.float().numpy()
 
+    def profile(self, kind: str | None) -> dict:
+        """The fusion and thresholds for a pool of ``kind`` (``pool_kind``): the ``profiles``
+        entry of ``selector.json`` for it, else the top-level ones."""
+        prof = self.profiles.get(kind) if kind else None
+        if prof is None:
+            return {"fusion": self.fusion, "ground": self.ground_threshold, "select": self.select_threshold,
+                    "min_confidence": 0.0}
+        return prof
+
     def probabilities(self, message: str, hits: Sequence[Hit]) -> np.ndarray:
         """(len(hits),) P(grounds the answer); 0 for hits outside the pool."""
         p = np.zeros(len(hits), np.float32)
         cands = pool(hits, self.pool, self.entities)
         if cands:
             logits = self.logits(message, [pair_text(hits[i], r) for i, r in cands])
-            p[[i for i, _ in cands]] = self.fuse(logits, [float(hits[i].score) for i, _ in cands])
+            p[[i for i, _ in cands]] = self.fuse(logits, [float(hits[i].score) for i, _ in cands], pool_kind(hits))
         return p
 
-    def fuse(self, logits: np.ndarray, scores: Sequence[float]) -> np.ndarray:
-        """P(grounds the answer) from the cross-encoder's logits and the hits' retriever scores."""
+    def fuse(self, logits: np.ndarray, scores: Sequence[float], kind: str | None = None) -> np.ndarray:
+        """P(grounds the answer) from the cross-encoder's logits and the hits' retriever scores
+        (with the fusion of pool kind ``kind``)."""
         z = np.asarray(logits, np.float64)
-        if self.fusion is not None:
-            a, b, c = self.fusion
+        fusion = self.profile(kind)["fusion"]
+        if fusion is not None:
+            a, b, c = fusion
             z = a * z + b * np.asarray(scores, np.float64) + c
         return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
-    def choose(self, p: np.ndarray, max_sources: int, detected: bool | None = None) -> list[int]:
+    def choose(self, p: np.ndarray, max_sources: int, detected: bool | None = None,
+               kind: str | None = None, top_confidence: float | None = None) -> list[int]:
         """Indices chosen from probabilities ``p`` (the selection rule, shared with training);
-        ``detected``: the detector's verdict, None to detect by the best P."""
+        ``detected``: the detector's verdict, None to detect by the best P; ``kind``: the pool's
+        kind (``pool_kind``), whose thresholds apply; ``top_confidence``: the retriever's
+        confidence in its top hit (below the kind's ``min_confidence`` nothing grounds the turn)."""
         if detected is False or not len(p):
             return []
         if detected is None and float(p.max()) < self.detect_threshold:
             return []
-        if detected and float(p.max()) < self.ground_threshold:
+        prof = self.profile(kind)
+        if detected and (float(p.max()) < prof["ground"]
+                         or (top_confidence is not None and top_confidence < prof.get("min_confidence", 0.0))):
             return []  # a question, but no passage in the pool answers it
-        order = [int(i) for i in np.argsort(-p, kind="stable") if p[i] >= self.select_threshold]
+        order = [int(i) for i in np.argsort(-p, kind="stable") if p[i] >= prof["select"]]
         order = (order or [int(np.argmax(p))])[:max(1, max_sources)]
         return sorted(order)
 
@@ -290,5 +331,9 @@ class CrossSelector:
         if detected is False:
             return Selection([], False)  # no passage scoring for a turn that needs no knowledge
         p = self.probabilities(message, hits)
-        chosen = self.choose(p, k, detected)
-        return Selection([hits[i] for i in chosen], bool(chosen), [float(p[i]) for i in chosen])
+        chosen = self.choose(p, k, detected, pool_kind(hits), float(hits[0].confidence))
+        # With a detector, a knowledge turn nothing grounds stays a knowledge turn (the policy
+        # hands it off: the knowledge base does not answer it); without one, nothing chosen is
+        # "needs none".
+        return Selection([hits[i] for i in chosen], True if detected else bool(chosen),
+                         [float(p[i]) for i in chosen])

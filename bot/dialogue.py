@@ -6,7 +6,12 @@ empty or over-long message raise before anything is stored) and returns an itera
 
   answer   meta, token..., sources, done
   clarify  meta, token..., sources (the topics offered), done
-  handoff  meta, handoff, done          (the message is in the handoff event, not in tokens)
+  handoff  meta, handoff, done          (the message is in the handoff event, not in tokens;
+                                        it carries the queue state: status, position, ...)
+  offer    before ``done`` of an answer the bot tried first when the visitor asked for a person
+           and the bot's ``handoff_ask_bot_first`` option is on: the person is offered after
+  queued   meta, queued, done           (the conversation is waiting for or with a person: the
+                                        message is stored for them, the bot does not answer)
   failure  meta, token... (what was produced), error   (the partial reply is stored incomplete)
 
 An answer is generated from the numbered sources, or, when the top hit is an FAQ entry the bot
@@ -28,8 +33,9 @@ from bot.conversations import ConversationStore
 from bot.core.errors import SupportbotError
 from bot.core.events import Event
 from bot.core.settings import DialogueSettings
+from bot.handoff import WITH_PEOPLE, HandoffDesk, without_request
 from bot.pipeline import Plan, TurnPipeline
-from bot.policy import CLARIFY, HANDOFF, Decision
+from bot.policy import ANSWER, CLARIFY, HANDOFF, Decision
 from bot.prompting import cited_numbers
 from retrieval.types import Hit
 
@@ -51,10 +57,12 @@ def source_entry(n: int, hit: Hit) -> dict[str, Any]:
 class DialogueManager:
     """Stores a turn and streams its events around a ``TurnPipeline`` (``bot/pipeline.py``)."""
 
-    def __init__(self, conversations: ConversationStore, pipeline: TurnPipeline, settings: DialogueSettings):
+    def __init__(self, conversations: ConversationStore, pipeline: TurnPipeline, settings: DialogueSettings,
+                 handoffs: HandoffDesk | None = None):
         self.conversations = conversations
         self.pipeline = pipeline
         self.settings = settings
+        self.handoffs = handoffs  # the live hand-off (bot/handoff.py); None: hand-offs are only recorded
 
     # -- the whole turn ---------------------------------------------------------------------
     def respond(self, conversation_id: str, message: str) -> Iterator[Event]:
@@ -67,7 +75,18 @@ class DialogueManager:
         if len(message) > limit:
             raise SupportbotError(f"message is too long ({len(message)} characters, max {limit})")
         self.conversations.get(conversation_id)  # NotFound before any event
+        # A resolved conversation is reopened; one waiting for (or with) a person is theirs.
+        if self.handoffs is not None and self.handoffs.visitor_turn(conversation_id) in WITH_PEOPLE:
+            return self._for_person(conversation_id, message)
         return self._respond(conversation_id, message)
+
+    def _for_person(self, conversation_id: str, message: str) -> Iterator[Event]:
+        user_id = self.conversations.add_message(conversation_id, "user", message)
+        self.handoffs.visitor_wrote(conversation_id)
+        yield Event("meta", {"conversation_id": conversation_id, "message_id": None,
+                             "user_message_id": user_id, "decision": "human", "model": ""})
+        yield Event("queued", self.handoffs.visitor_state(conversation_id))
+        yield Event("done", {"message_id": None})
 
     def _respond(self, conversation_id: str, message: str) -> Iterator[Event]:
         t0 = time.perf_counter()
@@ -79,6 +98,17 @@ class DialogueManager:
         except Exception:  # a broken index must not crash the stream: a person takes over
             log.exception("retrieval failed in conversation %s", conversation_id)
             plan = Plan(Decision(HANDOFF, "retrieval_error", 0.0))
+        offer = False
+        if plan.decision.reason == "requested" and self.handoffs is not None \
+                and self.handoffs.ask_bot_first(conversation_id):
+            # The bot tries first; the person is offered after its answer.
+            rest = without_request(message)
+            if not rest:
+                yield from self._ask_question_first(conversation_id, t0)
+                return
+            tried = pipeline.plan(rest, pipeline.retrieve(rest, turns), turns)
+            if tried.decision.action == ANSWER:
+                plan, message, offer = tried, rest, True
         model_id = pipeline.model_id(plan)
         scores = [
             {"chunk_id": int(h.chunk_id), "doc_id": h.doc_id, "score": round(float(h.score), 6),
@@ -95,9 +125,27 @@ class DialogueManager:
         if action == HANDOFF:
             yield from self._handoff(conversation_id, msg_id, plan.decision, t0)
         elif action == CLARIFY:
-            yield from self._clarify(msg_id, plan.hits, t0)
+            yield from self._clarify(msg_id, plan.hits, t0, plan.topics)
+        elif offer:
+            answer = self._answer(msg_id, message, plan, turns, t0)
+            try:
+                for event in answer:
+                    if event.type == "done":
+                        yield Event("offer", {"message": self.handoffs.settings.offer_message})
+                    yield event
+            finally:
+                answer.close()
         else:
             yield from self._answer(msg_id, message, plan, turns, t0)
+
+    def _ask_question_first(self, conversation_id: str, t0: float) -> Iterator[Event]:
+        text = self.handoffs.settings.ask_bot_first_message
+        msg_id = self.conversations.add_message(conversation_id, "bot", "", decision=CLARIFY, complete=False)
+        yield Event("meta", {"conversation_id": conversation_id, "message_id": msg_id, "decision": CLARIFY,
+                             "model": ""})
+        yield Event("token", {"text": text})
+        yield Event("offer", {"message": self.handoffs.settings.offer_message})
+        yield self._finish(msg_id, t0, text=text, ttft_ms=(time.perf_counter() - t0) * 1000.0)
 
     def _finish(self, msg_id: int, t0: float, **fields: Any) -> Event:
         latency = (time.perf_counter() - t0) * 1000.0
@@ -108,12 +156,17 @@ class DialogueManager:
 
     def _handoff(self, conversation_id: str, msg_id: int, decision: Decision, t0: float):
         text = self.pipeline.handoff_text(decision)
-        self.conversations.request_handoff(conversation_id, decision.reason)
-        yield Event("handoff", {"reason": decision.reason, "message": text})
+        if self.handoffs is not None:
+            state = self.handoffs.request(conversation_id, decision.reason)
+            extra = {"status": state["status"], "queue": state}
+        else:
+            self.conversations.request_handoff(conversation_id, decision.reason)
+            extra = {"status": "waiting"}
+        yield Event("handoff", {"reason": decision.reason, "message": text, **extra})
         yield self._finish(msg_id, t0, text=text)
 
-    def _clarify(self, msg_id: int, hits: Sequence[Hit], t0: float):
-        text, offered = self.pipeline.clarify(hits)
+    def _clarify(self, msg_id: int, hits: Sequence[Hit], t0: float, topics: Sequence[Hit] = ()):
+        text, offered = self.pipeline.clarify(hits, topics)
         ttft = (time.perf_counter() - t0) * 1000.0
         yield Event("token", {"text": text})
         sources = [source_entry(n, h) for n, h in enumerate(offered, start=1)]

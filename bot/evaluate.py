@@ -18,10 +18,16 @@ generation is off) generates the reply it would send. Scored as the DSTC11 Track
 * decision: on target turns the bot should answer; on non-target turns and on out-of-scope
   questions (``bot/out_of_scope.json``) it should not.
 * ttft_ms_p50 and tokens_per_s (completion tokens over decode time) of the generator.
+
+Regressions (``run_regressions``, ``supportbot eval --regressions``): the approved fixes of a bot
+(``bot/fixes.py`` ``regression_cases``), each asked on its own through the bot's pipeline over its
+own knowledge base (where the fixes' curated entries are); a case is right when the decision is
+the expected one and the reply holds the fix's answer (``holds_answer``).
 """
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -206,7 +212,7 @@ def run_turn(pipeline: TurnPipeline, turns: Sequence[dict], generate: bool,
     if not generate:
         return rec
     if plan.decision.action != ANSWER:
-        rec.reply = (pipeline.clarify(plan.hits)[0] if plan.decision.action == CLARIFY
+        rec.reply = (pipeline.clarify(plan.hits, plan.topics)[0] if plan.decision.action == CLARIFY
                      else pipeline.handoff_text(plan.decision))
         return rec
     pieces: list[str] = []
@@ -327,3 +333,78 @@ def run_eval(
                     "reply": r.reply, "gold_response": r.gold_response, "ttft_ms": r.ttft_ms,
                 }, ensure_ascii=False) + "\n")
     return report
+
+
+# -- regressions (the approved fixes) -----------------------------------------------------------
+# A reply holds the fix's answer when it has at least this ROUGE-L recall of it (the answer's words,
+# in order, stemmed) and every number the answer states: the answer's own text (a direct reply)
+# scores 1.0; a generated paraphrase that keeps the facts scores about 0.5 and up; a reply about
+# something else scores well under 0.3.
+HOLDS_RECALL = 0.5
+_NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
+
+
+def holds_answer(reply: str, expected: str) -> tuple[bool, float]:
+    """(right, ROUGE-L recall) of ``reply`` against a fix's ``expected`` answer."""
+    from rouge_score import rouge_scorer
+
+    reply, expected = reply or "", expected or ""
+    if not reply.strip() or not expected.strip():
+        return False, 0.0
+    recall = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True).score(expected, reply)["rougeL"].recall
+    numbers = set(_NUMBER.findall(reply))
+    return recall >= HOLDS_RECALL and all(n in numbers for n in _NUMBER.findall(expected)), float(recall)
+
+
+def load_regressions(path: Path) -> list[dict]:
+    """Cases written by ``supportbot fixes export --regressions``; a malformed line names itself."""
+    cases = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                case = json.loads(line)
+                if not isinstance(case.get("question"), str) or not isinstance(case.get("expected_answer"), str):
+                    raise ValueError("needs 'question' and 'expected_answer' strings")
+            except (ValueError, AttributeError) as exc:
+                raise SupportbotError(f"{path}:{lineno}: not a regression case ({exc})") from exc
+            case.setdefault("id", f"{Path(path).name}:{lineno}")
+            case.setdefault("expected_decision", ANSWER)
+            cases.append(case)
+    return cases
+
+
+def run_regressions(
+    settings,
+    cases: Sequence[dict],
+    components: Components,
+    bot: str,
+    *,
+    model: str | None = None,
+    backend: str | None = None,
+    generator: Generator | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Ask every case through ``bot``'s pipeline (with ``settings.dialogue``); the reply is written
+    by ``generator``, else by the configured generator with ``model`` / ``backend`` replaced (the
+    components' own when neither is given). Returns ``{"regressions_n", "regressions_right",
+    "regressions": [per case]}``."""
+    from tqdm import tqdm
+
+    if generator is None:
+        generator = (build_generator(_generator_settings(settings, model, backend), settings.data_dir)
+                     if model or backend else components.generator)
+    if hasattr(generator, "load"):
+        generator.load()
+    pipeline = components.pipeline(bot, generator=generator, dialogue=settings.dialogue)
+    results = []
+    for case in tqdm(list(cases), desc="regressions", unit="case", disable=not progress):
+        rec = run_turn(pipeline, [{"role": "user", "text": case["question"]}], generate=True)
+        holds, recall = holds_answer(rec.reply or "", case["expected_answer"])
+        expected = case.get("expected_decision", ANSWER)
+        results.append({"id": case.get("id"), "question": case["question"], "decision": rec.decision,
+                        "direct": rec.direct, "reply": rec.reply, "rougeL_recall": round(recall, 4),
+                        "right": bool(holds and rec.decision == expected)})
+    return {"regressions_n": len(results), "regressions_right": sum(r["right"] for r in results),
+            "regressions": results}

@@ -14,16 +14,20 @@ the sources it would ground a turn in. Nothing here stores anything.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from bot.checker import Checker
 from bot.core.settings import DialogueSettings
 from bot.generators.base import GenerationStream, Generator, ReplyGuard, guarded
-from bot.policy import ANSWER, CLARIFY, DIRECT, HANDOFF, Decision, decide, direct_source, with_selection
+from bot.policy import (ANSWER, CLARIFY, DIRECT, HANDOFF, Decision, decide, direct_source, with_match,
+                        with_selection)
 from bot.grounding import GroundedReply
 from bot.prompting import build_messages
 from bot.selection import Selection, Selector
 from retrieval.types import Embedder, Hit, Retriever
+
+if TYPE_CHECKING:
+    from bot.faq_match import FAQMatch, FAQMatcher
 
 
 @dataclass
@@ -34,6 +38,8 @@ class Plan:
     decision: Decision
     hits: list[Hit] = field(default_factory=list)
     sources: list[Hit] = field(default_factory=list)
+    # The topics a clarifying question offers, when the FAQ matcher chose them (else from ``hits``).
+    topics: list[Hit] = field(default_factory=list)
 
     @property
     def direct(self) -> bool:
@@ -84,6 +90,7 @@ class TurnPipeline:
         settings: DialogueSettings,
         checker: Checker | None = None,
         embedder: Embedder | None = None,
+        matcher: "FAQMatcher | None" = None,
     ):
         self.retriever = retriever
         self.selector = selector
@@ -92,6 +99,7 @@ class TurnPipeline:
         self.settings = settings
         self.checker = checker  # None: generated sentences are shown unchecked
         self.embedder = embedder  # picks the fallback's sentences closest to the question
+        self.matcher = matcher  # None: the retrieval confidence and the selector decide everywhere
 
     # -- retrieve and plan ------------------------------------------------------------------
     def retrieve(self, message: str, turns: Sequence[dict]) -> list[Hit]:
@@ -110,6 +118,14 @@ class TurnPipeline:
         that answers the question becomes the reply itself."""
         hits = list(hits)
         decision = decide(message, hits, self.settings)
+        match = self.match(message, hits, decision)
+        if match is not None:
+            decision = with_match(decision, match.probability, self.matcher.direct, self.matcher.clarify)
+            topics = [match.entry]
+            if match.rival is not None and match.rival_probability >= self.settings.clarify_ratio * match.probability:
+                topics.append(match.rival)
+            return Plan(decision, hits, [match.entry] if decision.reason == DIRECT else [],
+                        topics if decision.action == CLARIFY else [])
         if decision.reason in ("requested", "no_knowledge") or (
                 decision.action == HANDOFF and not self.selector.judges):
             return Plan(decision, hits, [])
@@ -120,11 +136,22 @@ class TurnPipeline:
             return Plan(Decision(ANSWER, DIRECT, decision.confidence), hits, [direct])
         return Plan(decision, hits, selection.passages if decision.action == ANSWER else [])
 
+    def match(self, message: str, hits: Sequence[Hit], decision: Decision) -> "FAQMatch | None":
+        """The FAQ matcher's verdict when it decides: a flat knowledge base whose top hit is an FAQ
+        entry (``bot/faq_match.py``), and neither a request for a person nor an empty retrieval."""
+        if self.matcher is None or not hits or not hits[0].faq_answer or decision.reason in ("requested", "no_knowledge"):
+            return None
+        return self.matcher.match(message, hits)
+
     # -- what the visitor is shown ---------------------------------------------------------
-    def clarify(self, hits: Sequence[Hit]) -> tuple[str, list[Hit]]:
+    def clarify(self, hits: Sequence[Hit], chosen: Sequence[Hit] = ()) -> tuple[str, list[Hit]]:
         """A clarifying question offering the best topic and, when one is genuinely close to it
         (confidence at least ``clarify_ratio`` of the top's), a second distinct one; never a topic
-        far below the top."""
+        far below the top. ``chosen``: the topics to offer (a plan's ``topics``), when given."""
+        if chosen:
+            offered = list(chosen)
+            joined = " or ".join(f"\u201c{(h.question or str(h.title or '')).strip()}\u201d" for h in offered)
+            return self.settings.clarify_message.format(topics=joined), offered
         topics: list[str] = []
         offered: list[Hit] = []
         top = float(hits[0].confidence) if hits else 0.0

@@ -87,6 +87,21 @@ def with_selection(decision: Decision, selection: Selection) -> Decision:
     return decision if decision.action != ANSWER else Decision(CLARIFY, "no_knowledge_needed", decision.confidence)
 
 
+def with_match(decision: Decision, probability: float | None, direct: float, clarify: float) -> Decision:
+    """The decision on a flat knowledge base whose top hit is an FAQ entry, from the FAQ matcher's
+    P(that entry answers the question) (``bot/faq_match.py``; None: no matcher, ``decision``
+    stands): at ``direct`` or more the reply is the entry's own answer; from ``clarify`` the bot
+    asks back (the entry is a likely topic); below it hands off, because the FAQ does not answer
+    the question. An explicit request for a person and an empty retrieval stay hand-offs."""
+    if probability is None or decision.reason in ("requested", "no_knowledge"):
+        return decision
+    if probability >= direct:
+        return Decision(ANSWER, DIRECT, probability)
+    if probability >= clarify:
+        return Decision(CLARIFY, "ambiguous", probability)
+    return Decision(HANDOFF, "not_in_knowledge", probability)
+
+
 def direct_source(decision: Decision, hits: Sequence[Hit], settings: DialogueSettings,
                   selection: Selection | None = None) -> Hit | None:
     """The FAQ entry to reply with verbatim, or None to generate (see the module docstring).

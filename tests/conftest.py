@@ -21,6 +21,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # checker was not fitted for: they test the unchecked reply path, and the tests of grounded replies
 # (tests/test_grounding.py) set dialogue.checker themselves (keyword settings beat the environment).
 os.environ.setdefault("SUPPORTBOT_DIALOGUE__CHECKER", "")
+# Likewise the FAQ matcher (bot/faq_match.py), fitted behind the real embedder: tests/test_faq_match.py
+# turns it on where it tests it.
+os.environ.setdefault("SUPPORTBOT_DIALOGUE__FAQ_MATCHER", "")
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_FAQ = REPO / "samples" / "faq"

@@ -31,7 +31,7 @@ def test_conversation_round_trip(db):
     cid = store.create(bot, "visitor-1", {"page": "/pricing"})
     conv = store.get(cid)
     assert conv["bot_id"] == bot and conv["visitor_id"] == "visitor-1"
-    assert conv["status"] == "open" and conv["metadata"] == {"page": "/pricing"}
+    assert conv["status"] == "bot" and conv["metadata"] == {"page": "/pricing"}
 
     u = store.add_message(cid, "user", "Where is my order?")
     b = store.add_message(cid, "bot", "", decision="answer", complete=False)
@@ -73,11 +73,11 @@ def test_feedback_and_handoff(db):
         store.add_feedback(cid, b, 5)
 
     hid = store.request_handoff(cid, "low_confidence")
-    assert store.get(cid)["status"] == "handed_off"
+    assert store.get(cid)["status"] == "waiting" and store.get(cid)["waiting_since"]
     assert [h["id"] for h in store.handoffs(cid)] == [hid]
     assert store.handoffs(cid)[0]["reason"] == "low_confidence"
-    assert store.list(bot, status="handed_off")[0]["id"] == cid
-    assert [c["id"] for c in store.list(bot, status="open")] == [other]
+    assert store.list(bot, status="waiting")[0]["id"] == cid
+    assert [c["id"] for c in store.list(bot, status="bot")] == [other]
     store.set_status(cid, "resolved")
     assert store.get(cid)["status"] == "resolved"
 

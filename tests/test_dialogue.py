@@ -168,7 +168,7 @@ def test_handoff_when_retrieval_finds_nothing(settings):
     assert events[0].data["decision"] == HANDOFF and events[1].data["reason"] == "no_knowledge"
     assert "member of our team" in events[1].data["message"]
     assert gen.prompts == [], "nothing is generated, so nothing can be invented"
-    assert comps.conversations.get(cid)["status"] == "handed_off"
+    assert comps.conversations.get(cid)["status"] == "waiting"
     assert [h["reason"] for h in comps.conversations.handoffs(cid)] == ["no_knowledge"]
     assert comps.conversations.history(cid)[1]["text"] == events[1].data["message"]
 
@@ -188,7 +188,7 @@ def test_visitor_asking_for_a_person_is_handed_off(sqlite_comps):
     cid = new_conversation(sqlite_comps)
     events = list(dm.respond(cid, "Can I talk to a real person please?"))
     assert events[1].type == "handoff" and events[1].data["reason"] == "requested"
-    assert sqlite_comps.conversations.get(cid)["status"] == "handed_off"
+    assert sqlite_comps.conversations.get(cid)["status"] == "waiting"
 
 
 def test_clarify_offers_topics_without_generating(sqlite_comps):
@@ -201,7 +201,7 @@ def test_clarify_offers_topics_without_generating(sqlite_comps):
     offered = events[2].data["sources"]
     assert 1 <= len(offered) <= 2
     assert events[1].data["text"].startswith("I'm not sure I understood. Are you asking about \u201c")
-    assert sqlite_comps.conversations.get(cid)["status"] == "open"
+    assert sqlite_comps.conversations.get(cid)["status"] == "bot"
 
 
 def test_generation_error_ends_with_error_event_and_partial_reply_stored(sqlite_comps):
@@ -461,7 +461,7 @@ def test_chat_cli_streams_answers_with_sources(tmp_path, monkeypatch):
 
     comps = Components(Settings(data_dir=tmp_path / "var"))
     convs = comps.conversations.list(comps.db.bot_id("default"))
-    assert len(convs) == 1 and convs[0]["status"] == "handed_off" and convs[0]["message_count"] == 4
+    assert len(convs) == 1 and convs[0]["status"] == "waiting" and convs[0]["message_count"] == 4
 
 
 def test_clarify_offers_a_second_topic_only_when_it_is_close():

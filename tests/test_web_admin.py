@@ -125,6 +125,10 @@ def test_conversations_show_sources_and_feedback(app, admin, client, components)
     title = next(d["sources"] for _, t, d in events if t == "sources")[0]["title"]
     assert html.escape(title) in detail
     token = csrf_of(admin.get(f"/admin/conversations/{v.conversation}"))
+    # Resolving goes through the hand-off state machine: a conversation with the bot is refused.
+    r = admin.post(f"/admin/conversations/{v.conversation}/status", data={"status": "resolved", "csrf_token": token})
+    assert r.status_code == 409 and components.conversations.get(v.conversation)["status"] == "bot"
+    client.post(f"/api/conversations/{v.conversation}/handoff", json={}, headers=v.headers())
     admin.post(f"/admin/conversations/{v.conversation}/status", data={"status": "resolved", "csrf_token": token})
     assert components.conversations.get(v.conversation)["status"] == "resolved"
 

@@ -77,8 +77,8 @@ def test_feedback_is_stored(components, client, visitor):
 
 def test_asking_for_a_person_hands_off(components, client, visitor):
     r = client.post(f"/api/conversations/{visitor.conversation}/handoff", json={}, headers=visitor.headers())
-    assert r.status_code == 200 and r.json["status"] == "handed_off" and r.json["message"]
-    assert client.get(f"/api/conversations/{visitor.conversation}", headers=visitor.headers()).json["status"] == "handed_off"
+    assert r.status_code == 200 and r.json["status"] == "waiting" and r.json["message"]
+    assert client.get(f"/api/conversations/{visitor.conversation}", headers=visitor.headers()).json["status"] == "waiting"
     with components.db.session() as s:
         assert s.scalars(select(Handoff.reason)).all() == ["requested"]
 

@@ -84,6 +84,20 @@ def import_transcripts_cmd(ctx, sources, out, from_store, skip_invalid, csv_colu
     click.echo(f"{out}: {_report_line(report)}")
 
 
+def _fix_transcripts(ctx, pii_patterns, phone_regions) -> list:
+    """The bot's approved fixes as one-turn transcripts (question, the agent's answer), PII
+    scrubbed like imported transcripts. Only the fix's text: never a visitor's id or email."""
+    from bot.fixes import Fixes
+    from training.importers import Transcript
+
+    scrub = _scrubber(ctx.obj["settings"], pii_patterns, phone_regions)
+    out = []
+    for rec in Fixes(components(ctx).db).training_records(ctx.obj["bot"]):
+        turns = [{"role": t["role"], "text": scrub.scrub(t["text"])[0]} for t in rec["turns"]]
+        out.append(Transcript(id=rec["id"], turns=turns, metadata={"fix": True}))
+    return out
+
+
 def _count_tokens(settings, tokenizer: str):
     if tokenizer == "none":
         return None
@@ -126,37 +140,53 @@ def _source_fn(ctx, mode: str, kb: Path | None):
 @click.option("--tokenizer", default="default", show_default=True,
               help="Model whose tokenizer counts history tokens (folder, hub id, 'default', or 'none').")
 @click.option("--limit", type=int, default=None, help="Use only the first N conversations.")
+@click.option("--fixes/--no-fixes", "with_fixes", default=True, show_default=True,
+              help="Add the bot's approved fixes (an agent's right answers) to the train split.")
 @_import_options
 @click.pass_context
-def build_dataset(ctx, sources, out, source_mode, kb, dev_fraction, seed, tokenizer, limit, from_store,
+def build_dataset(ctx, sources, out, source_mode, kb, dev_fraction, seed, tokenizer, limit, with_fixes, from_store,
                   skip_invalid, csv_columns, pii_patterns, phone_regions):
     """Build the SFT dataset: one example per agent turn, prompted as the bot serves, split by conversation."""
     from tqdm.auto import tqdm
 
+    from training.importers import ImportReport
     from training.sft_dataset import build_examples, split_by_conversation, write_dataset
 
     settings = ctx.obj["settings"]
     ts = settings.training
     mode = source_mode or ts.sources
-    transcripts, report = _import(ctx, sources, from_store, skip_invalid, csv_columns, pii_patterns, phone_regions)
+    fixes = _fix_transcripts(ctx, pii_patterns, phone_regions) if with_fixes else []
+    if sources or from_store or not fixes:
+        transcripts, report = _import(ctx, sources, from_store, skip_invalid, csv_columns, pii_patterns,
+                                      phone_regions)
+    else:
+        transcripts, report = [], ImportReport()
     if limit is not None:
         transcripts = transcripts[:limit]
     source_fn = _source_fn(ctx, mode, kb)
     stats: Counter = Counter()
+    count = _count_tokens(settings, tokenizer)
     examples = list(tqdm(
-        build_examples(transcripts, settings.dialogue, source_fn, _count_tokens(settings, tokenizer), stats),
+        build_examples(transcripts, settings.dialogue, source_fn, count, stats),
         desc="examples", unit="ex", disable=None,
     ))
-    if not examples:
+    # Fixes are always trained on (the regressions of the promotion gate check them).
+    fix_examples = list(build_examples(fixes, settings.dialogue, source_fn, count, Counter()))
+    if not examples and not fix_examples:
         raise SupportbotError("no training examples: no agent turn follows a user message")
     seed = ts.seed if seed is None else seed
     frac = ts.dev_fraction if dev_fraction is None else dev_fraction
-    train, dev = split_by_conversation(examples, frac, seed)
+    train, dev = split_by_conversation(examples, frac, seed) if examples else ([], [])
+    train = train + fix_examples
     info = {"sources": mode, "kb": str(kb) if kb else None, "seed": seed, "dev_fraction": frac,
             "pii": dict(report.pii), "import": report.to_json(), "builder": dict(stats),
-            "inputs": [str(s) for s in sources] + (["store"] if from_store else [])}
+            "fixes": len(fix_examples),
+            "inputs": [str(s) for s in sources] + (["store"] if from_store else [])
+            + (["fixes"] if fix_examples else [])}
     result = write_dataset(out, train, dev, info)
     click.echo(_report_line(report))
+    if fix_examples:
+        click.echo(f"{len(fix_examples)} approved fixes added to the train split")
     click.echo(f"{out}: {result['train_examples']} train / {result['dev_examples']} dev examples "
                f"({result['train_conversations']} / {result['dev_conversations']} conversations), "
                f"sha256 {result['data_sha256'][:12]}")
@@ -215,17 +245,29 @@ def train(ctx, dataset, base, out, method, epochs, max_steps, lr, batch_size, gr
 @click.option("--limit", type=int, default=None, help="Evaluate on the first N dialogues only.")
 @click.option("--force", is_flag=True, help="Switch even if the gate refuses (or without evaluating).")
 @click.option("--tolerance", type=float, default=None, help="Allowed drop of each gate metric (default 0).")
+@click.option("--regressions/--no-regressions", "with_regressions", default=True, show_default=True,
+              help="Also ask the bot's approved fixes; refuse a candidate that gets fewer right.")
 @click.pass_context
-def promote_cmd(ctx, candidate, kb, dialogues, limit, force, tolerance):
-    """Serve CANDIDATE if its reply ROUGE-L and selection F1 are not below the serving model's."""
-    from bot.evaluate import run_eval
+def promote_cmd(ctx, candidate, kb, dialogues, limit, force, tolerance, with_regressions):
+    """Serve CANDIDATE if its reply ROUGE-L and selection F1 are not below the serving model's, and
+    it answers at least as many of the bot's fixes right."""
+    from bot.evaluate import run_eval, run_regressions
+    from bot.fixes import Fixes
     from training.promotion import GATE_METRICS, REPORTED, promote
     from training.registry import ModelRegistry
 
     settings = ctx.obj["settings"]
     tol = settings.training.gate_tolerance if tolerance is None else tolerance
+    bot = ctx.obj["bot"]
+    cases = Fixes(components(ctx).db).regression_cases(bot) if with_regressions else []
+
+    def regression_fn(gated, cases, model=None, backend=None, progress=True):
+        return run_regressions(gated, cases, components(ctx), bot, model=model, backend=backend,
+                               progress=progress)
+
     result = promote(ModelRegistry(settings.data_dir), candidate, settings, kb, dialogues, force=force,
-                     limit=limit, tolerance=tol, eval_fn=run_eval)
+                     limit=limit, tolerance=tol, eval_fn=run_eval, regressions=cases,
+                     regression_fn=regression_fn)
     if result.candidate_metrics:
         click.echo(f"{'metric':<22}{'serving':>12}{'candidate':>12}")
         for k in REPORTED:

@@ -4,14 +4,16 @@
 evaluation (``supportbot eval``, passed in as ``eval_fn``: retrieval, decision, selection and generation on the same
 dev dialogues and knowledge base) and points ``CURRENT`` at the candidate only when none of
 ``GATE_METRICS`` (reply ROUGE-L, knowledge-selection F1) drops by more than ``tolerance``.
-``force`` switches without the comparison. Serving processes follow the pointer
+With ``regressions`` (the approved fixes, ``bot/fixes.py``) and ``regression_fn`` both models
+also answer every case, and the candidate is refused when it gets fewer right than the serving
+model. ``force`` switches without the comparison. Serving processes follow the pointer
 (``bot.generators.following.FollowingGenerator``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from bot.core.errors import SupportbotError
 from training.model_card import read_card, write_card
@@ -19,7 +21,8 @@ from training.registry import ModelRegistry
 
 GATE_METRICS = ("rougeL", "selection_f1")
 REPORTED = ("n", "selection_precision", "selection_recall", "selection_f1", "recall@5", "mrr",
-            "bleu", "rouge1", "rouge2", "rougeL", "ttft_ms_p50", "tokens_per_s")
+            "bleu", "rouge1", "rouge2", "rougeL", "ttft_ms_p50", "tokens_per_s",
+            "regressions_n", "regressions_right")
 
 
 @dataclass
@@ -62,12 +65,17 @@ def promote(
     tolerance: float = 0.0,
     eval_fn: Callable[..., dict[str, Any]] | None = None,
     progress: bool = True,
+    regressions: Sequence[dict] | None = None,
+    regression_fn: Callable[..., dict[str, Any]] | None = None,
 ) -> GateResult:
     """Evaluate candidate and serving model on the same dialogues; switch when the gate passes.
 
     ``eval_fn(settings, kb, dialogues, model=, backend=, limit=, progress=)`` returns the report of
     ``supportbot eval`` (the app tier passes ``bot.evaluate.run_eval``); it is needed unless
     ``force`` switches without dialogues, with no evaluation.
+    ``regression_fn(settings, cases, model=, backend=, progress=)`` returns ``{"regressions_n",
+    "regressions_right", ...}`` (``bot.evaluate.run_regressions`` on the bot's knowledge base); with
+    regressions the dialogues may be left out.
     """
     cand_path = registry.resolve(candidate)
     cur = registry.current()
@@ -76,23 +84,36 @@ def promote(
     if cur and cur[0] == cand_path:
         raise SupportbotError(f"{cand_path} is already the serving model (version {cur[1]})")
     result = GateResult(False, str(cand_path), serving_name, forced=force)
+    # The gate compares models: every answered turn is generated (direct FAQ replies, the same
+    # whichever model serves, would only dilute the difference).
+    gated = settings.model_copy(update={
+        "dialogue": settings.dialogue.model_copy(update={"direct_answer_threshold": 2.0})})
+    if regressions:
+        if regression_fn is None:
+            raise SupportbotError("the promotion gate needs a regression function (regression_fn)")
+        cand = regression_fn(gated, regressions, model=str(cand_path), backend="hf", progress=progress)
+        serv = regression_fn(gated, regressions, model=serving_model,
+                             backend="hf" if serving_model else None, progress=progress)
+        for key in ("regressions_n", "regressions_right"):
+            result.candidate_metrics[key], result.serving_metrics[key] = cand[key], serv[key]
+        if cand["regressions_right"] < serv["regressions_right"]:
+            result.reasons.append(
+                f"regressions: {cand['regressions_right']} of {cand['regressions_n']} fixes answered right, "
+                f"fewer than the serving model's {serv['regressions_right']}")
     if kb is None or dialogues is None:
-        if not force:
+        if not force and not regressions:
             raise SupportbotError("the promotion gate needs --kb and --dialogues (or --force)")
     else:
         if eval_fn is None:
             raise SupportbotError("the promotion gate needs an evaluation function (eval_fn)")
         common = dict(limit=limit, progress=progress)
-        # The gate compares models: every answered turn is generated (direct FAQ replies, the same
-        # whichever model serves, would only dilute the difference).
-        gated = settings.model_copy(update={
-            "dialogue": settings.dialogue.model_copy(update={"direct_answer_threshold": 2.0})})
         # Promoted models are served by the hf backend (FollowingGenerator); the configured
         # generator is evaluated as configured.
-        result.candidate_metrics = eval_fn(gated, kb, dialogues, model=str(cand_path), backend="hf", **common)
-        result.serving_metrics = eval_fn(gated, kb, dialogues, model=serving_model,
-                                         backend="hf" if serving_model else None, **common)
-        result.reasons = compare(result.candidate_metrics, result.serving_metrics, tolerance)
+        result.candidate_metrics.update(
+            eval_fn(gated, kb, dialogues, model=str(cand_path), backend="hf", **common))
+        result.serving_metrics.update(eval_fn(gated, kb, dialogues, model=serving_model,
+                                              backend="hf" if serving_model else None, **common))
+        result.reasons = compare(result.candidate_metrics, result.serving_metrics, tolerance) + result.reasons
     if result.reasons and not force:
         return result
     evaluation = {

@@ -1,7 +1,8 @@
 """The web app: ``create_app(settings=None, components=None)`` (flaskr-style factory, no global app).
 
 Blueprints: ``chat`` (/api, the widget's streaming chat API), ``openai`` (/v1, OpenAI-compatible),
-``widget`` (/widget.js, /demo, /source, /healthz), ``auth`` and ``admin`` (/admin console).
+``widget`` (/widget.js, /demo, /source, /healthz), ``auth`` and ``admin`` (/admin console),
+``live`` (/api, a visitor's live hand-off), ``agent`` (/api/agent), ``queue`` and ``webhooks`` (/admin).
 The components (database, knowledge base, dialogue managers) are built once per app and kept in
 ``app.extensions["supportbot"]`` (a ``web.context.WebContext``).
 
@@ -28,6 +29,7 @@ def create_app(
     """Build the app. ``components`` defaults to ``bot.components.Components(settings)``;
     ``demo_site_key`` turns on the demo page (``supportbot serve --demo`` passes it)."""
     from web import admin, auth, chat_api, errors, limits, openai_api, widget
+    from web import agent_api, live, queue, webhook_admin
     from web.answers import Answers
     from web.context import WebContext
     from web.health import Readiness
@@ -75,13 +77,21 @@ def create_app(
     )
 
     csrf = CSRFProtect(app)
-    for bp in (chat_api.bp, openai_api.bp):  # bearer-token APIs: no cookies, so no CSRF
+    for bp in (chat_api.bp, openai_api.bp, live.bp, agent_api.bp):  # bearer-token APIs: no cookies, so no CSRF
         csrf.exempt(bp)
 
-    for bp in (chat_api.bp, openai_api.bp, widget.bp, auth.bp, admin.bp):
+    for bp in (chat_api.bp, openai_api.bp, widget.bp, auth.bp, admin.bp, live.bp, agent_api.bp, queue.bp,
+               webhook_admin.bp):
         app.register_blueprint(bp)
+    from web import analytics  # /admin/analytics (login required)
 
-    limiter = limits.init_app(app, ws, [chat_api.bp, openai_api.bp], "chat.post_message", "auth.login")
+    app.register_blueprint(analytics.bp)
+    from web import fixes  # /admin/fixes (login required)
+
+    app.register_blueprint(fixes.bp)
+
+    limiter = limits.init_app(app, ws, [chat_api.bp, openai_api.bp, live.bp, agent_api.bp], "chat.post_message",
+                              "auth.login")
     app.extensions["supportbot_limiter"] = limiter
 
     errors.init_app(app)
@@ -92,4 +102,8 @@ def create_app(
     ctx = app.extensions["supportbot"]
     ctx.readiness.start()
     ctx.answers.close_abandoned()
+    # Webhook deliveries (bot/webhooks.py) are POSTed by a background thread of this process.
+    from bot.webhooks import DeliveryWorker
+
+    app.extensions["supportbot_webhooks"] = DeliveryWorker(components.webhooks).start()
     return app

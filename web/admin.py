@@ -178,7 +178,8 @@ def set_site_key_active(key: str):
 @bp.post("/keys/api")
 @login_required
 def create_api_key():
-    info, secret = web().api_keys.create(g.bot, request.form.get("name", "").strip())
+    info, secret = web().api_keys.create(g.bot, request.form.get("name", "").strip(),
+                                         scope=request.form.get("scope", "chat") or "chat")
     # Shown once, in this response only (Cache-Control: no-store): never stored anywhere, not in
     # the session cookie, not server-side; only its SHA-256 is kept.
     flash(f"API key {info.prefix}... created. Copy it now: it is not shown again.", "ok")
@@ -228,5 +229,14 @@ def conversation(conversation_id: str):
 def set_conversation_status(conversation_id: str):
     if not CONVERSATION_ID.fullmatch(conversation_id):
         raise NotFound(f"no conversation {conversation_id[:64]!r}")
-    web().components.conversations.set_status(conversation_id, request.form.get("status", ""))
+    # Through the hand-off state machine (bot/handoff.py): resolve a conversation waiting for or
+    # with a person, or hand one the admin has back to the bot; anything else is refused (409).
+    desk, status = web().components.handoffs, request.form.get("status", "")
+    desk.detail(conversation_id, bot_id=web().components.db.bot_id(g.bot))  # this bot's only
+    if status == "resolved":
+        desk.resolve(conversation_id, g.user["username"])
+    elif status == "bot":
+        desk.hand_back(conversation_id, g.user["username"])
+    else:
+        raise SupportbotError("status must be 'resolved' or 'bot' (hand back); take and reply in the queue")
     return redirect(url_for("admin.conversation", conversation_id=conversation_id))

@@ -7,7 +7,11 @@
        with a Last-Event-ID header instead: the rest of that answer (no new message)
   GET  /api/conversations/<id>/events       Last-Event-ID header -> the rest of that answer
   POST /api/conversations/<id>/feedback     {message_id, rating: 1|-1|"up"|"down", comment?}
-  POST /api/conversations/<id>/handoff      {reason?} -> {status: "handed_off", message}
+  POST /api/conversations/<id>/handoff      {reason?} -> {status: "waiting", message, queue}
+                                            (or, when the bot asks first, {status: "bot", ask_bot_first})
+  GET  /api/conversations/<id>/live         while waiting / with a person (web/live.py)
+  POST /api/conversations/<id>/typing       the visitor is typing (web/live.py)
+  POST /api/conversations/<id>/email        {email} left when no agent is online (web/live.py)
 
 Every call but ``/session`` needs ``Authorization: Bearer <visitor token>``. The token names one
 visitor and one site key; a conversation is visible only to the visitor who started it (another
@@ -18,7 +22,8 @@ Every response to an origin some active site key allows carries the CORS headers
 status: a widget must be able to read a 401 (renew the token), a 429 (wait ``Retry-After``) or a
 400, which a browser hides from it otherwise. Other origins get no CORS headers at all.
 Bodies are JSON (``application/json``, else 415), at most 64 KB (413), validated by schema
-(``web/schemas.py``, 400). The stream's events: meta, token, sources, done, handoff, error.
+(``web/schemas.py``, 400). The stream's events: meta, token, sources, done, handoff, error, and
+offer / queued (the live hand-off, ``bot/dialogue.py``).
 """
 from __future__ import annotations
 
@@ -197,7 +202,7 @@ def create_conversation():
     page = (parse_body(ConversationBody).page or "")[:500]
     meta = {"channel": "widget", "site_key": key.key, "origin": g.get("cors_origin") or "", "page": page}
     cid = web().components.conversations.create(key.bot_id, visitor.visitor_id, meta)
-    return jsonify(id=cid, status="open"), 201
+    return jsonify(id=cid, status="bot"), 201
 
 
 @bp.get("/conversations/<conversation_id>")
@@ -207,7 +212,7 @@ def get_conversation(conversation_id: str):
     messages = []
     for m in web().components.conversations.history(conversation_id):
         item = {
-            "id": m["id"], "role": "user" if m["role"] == "user" else "agent", "text": m["text"],
+            "id": m["id"], "role": "user" if m["role"] == "user" else "agent", "by": m["role"], "text": m["text"],
             "decision": m.get("decision") or "", "complete": m.get("complete", True),
             "created_at": m.get("created_at"),
             "sources": public_sources(m.get("sources") or [], key.key),
@@ -215,7 +220,11 @@ def get_conversation(conversation_id: str):
         if m.get("feedback"):
             item["feedback"] = m["feedback"]
         messages.append(item)
-    return jsonify(id=conv["id"], status=conv["status"], created_at=conv["created_at"], messages=messages)
+    extra = {}
+    if conv["status"] in ("waiting", "human"):
+        extra["queue"] = web().components.handoffs.visitor_state(conversation_id)
+    return jsonify(id=conv["id"], status=conv["status"], created_at=conv["created_at"], messages=messages,
+                   **extra)
 
 
 @bp.post("/conversations/<conversation_id>/messages")
@@ -256,8 +265,14 @@ def feedback(conversation_id: str):
     visitor, key = current_visitor()
     owned_conversation(conversation_id, visitor, key)
     body = parse_body(FeedbackBody)
-    fid = web().components.conversations.add_feedback(conversation_id, body.message_id, body.rating,
-                                                      body.comment or "")
+    comps = web().components
+    fid = comps.conversations.add_feedback(conversation_id, body.message_id, body.rating, body.comment or "")
+    try:
+        comps.webhooks.enqueue(key.bot_id, "feedback", {
+            "conversation_id": conversation_id, "message_id": body.message_id, "rating": body.rating,
+            "comment": body.comment or ""})
+    except Exception:  # noqa: BLE001 - the rating is stored; a webhook problem is only logged
+        log.warning("could not queue the feedback webhook", exc_info=True)
     return jsonify(id=fid, message_id=body.message_id, rating=body.rating), 201
 
 
@@ -267,9 +282,9 @@ def handoff(conversation_id: str):
     visitor, key = current_visitor()
     owned_conversation(conversation_id, visitor, key)
     reason = (parse_body(HandoffBody).reason or "requested")[:64]
-    ctx.components.conversations.request_handoff(conversation_id, reason)
-    dialogue = ctx.settings.dialogue
-    text = getattr(dialogue, "requested_handoff_message", "") or (
-        "Thanks, a person from our team will continue this conversation here."
-    )
-    return jsonify(status="handed_off", message=text)
+    desk = ctx.components.handoffs
+    if desk.ask_bot_first(conversation_id):  # the bot's option: it tries first, the person after
+        return jsonify(status="bot", ask_bot_first=True, message=desk.settings.ask_bot_first_message)
+    state = desk.request(conversation_id, reason)
+    return jsonify(status=state["status"], message=ctx.settings.dialogue.requested_handoff_message,
+                   queue=state)

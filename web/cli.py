@@ -122,9 +122,12 @@ def site_key_cmd(ctx, origins, list_keys, deactivate):
 @click.option("--name", default="", help="What the key is for.")
 @click.option("--list", "list_keys", is_flag=True, help="List API keys.")
 @click.option("--revoke", type=int, default=None, metavar="ID", help="Revoke the key with this id.")
+@click.option("--scope", type=click.Choice(["chat", "agent"]), default="chat", show_default=True,
+              help="chat: the OpenAI-compatible /v1 API; agent: the agent API /api/agent (help desks).")
 @click.pass_context
-def api_key_cmd(ctx, name, list_keys, revoke):
-    """Create an API key for POST /v1/chat/completions (printed once), or list/revoke keys."""
+def api_key_cmd(ctx, name, list_keys, revoke, scope):
+    """Create an API key (printed once) for POST /v1/chat/completions, or with --scope agent for
+    the agent API; or list/revoke keys."""
     from web.keys import ApiKeys
 
     keys = ApiKeys(_components(ctx).db)
@@ -133,9 +136,9 @@ def api_key_cmd(ctx, name, list_keys, revoke):
         click.echo(f"revoked API key {revoke}")
     elif list_keys:
         for k in keys.list():
-            click.echo(f"{k.id}\t{k.bot}\t{k.prefix}...\t{'active' if k.active else 'revoked'}\t{k.name}")
+            click.echo(f"{k.id}\t{k.bot}\t{k.scope}\t{k.prefix}...\t{'active' if k.active else 'revoked'}\t{k.name}")
     else:
-        _, secret = keys.create(ctx.obj["bot"], name)
+        _, secret = keys.create(ctx.obj["bot"], name, scope=scope)
         click.echo(secret)
         click.echo("Store it now: it is not shown again.", err=True)
 

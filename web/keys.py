@@ -1,4 +1,5 @@
-"""Site keys (public, for the widget, tied to allowed origins) and API keys (secret, for ``/v1``).
+"""Site keys (public, for the widget, tied to allowed origins) and API keys (secret, for ``/v1``
+or, of scope ``agent``, for ``/api/agent``).
 
 A site key is printed in the site's HTML, so it is not a secret: what it grants is decided by the
 browser's ``Origin`` header, which a web page cannot forge. It only lets a visitor on an allowed
@@ -146,6 +147,11 @@ class ApiKeyInfo:
     name: str
     prefix: str
     active: bool
+    scope: str = "chat"  # "chat": /v1 (OpenAI-compatible); "agent": /api/agent (help-desk bridges)
+
+
+SCOPES = ("chat", "agent")
+SCOPE_USE = {"chat": "the OpenAI-compatible API (/v1)", "agent": "the agent API (/api/agent)"}
 
 
 def _digest(secret: str) -> str:
@@ -156,19 +162,24 @@ class ApiKeys:
     def __init__(self, db: Database):
         self.db = db
 
-    def create(self, bot: str, name: str = "") -> tuple[ApiKeyInfo, str]:
-        """A new key; returns its info and the secret, which is never shown again."""
+    def create(self, bot: str, name: str = "", scope: str = "chat") -> tuple[ApiKeyInfo, str]:
+        """A new key of ``scope`` (``chat`` | ``agent``); returns its info and the secret, which is
+        never shown again."""
+        if scope not in SCOPES:
+            raise SupportbotError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
         bot_id = self.db.bot_id(bot)
         secret = "sb-" + secrets.token_urlsafe(32)
         with self.db.session() as s:
-            row = ApiKey(bot_id=bot_id, name=name[:128], prefix=secret[:10], key_hash=_digest(secret))
+            row = ApiKey(bot_id=bot_id, name=name[:128], prefix=secret[:10], key_hash=_digest(secret),
+                         scope=scope)
             s.add(row)
             s.flush()
-            info = ApiKeyInfo(row.id, bot_id, bot, row.name, row.prefix, True)
+            info = ApiKeyInfo(row.id, bot_id, bot, row.name, row.prefix, True, scope)
         return info, secret
 
-    def verify(self, secret: str) -> ApiKeyInfo:
-        """The key's info; Unauthorized when the secret matches no active key."""
+    def verify(self, secret: str, scope: str = "chat") -> ApiKeyInfo:
+        """The key's info; Unauthorized when the secret matches no active key, Forbidden when the
+        key is of another scope than ``scope`` (a chat key on the agent API, or the reverse)."""
         if not secret:
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
         with self.db.session() as s:
@@ -179,17 +190,22 @@ class ApiKeys:
             if row is None or not row[0].active:
                 raise Unauthorized("invalid API key")
             key, bot = row
+            key_scope = key.scope or "chat"
+            if key_scope != scope:
+                raise Forbidden(f"this API key has scope {key_scope!r}, for {SCOPE_USE.get(key_scope, key_scope)}; "
+                                f"{SCOPE_USE.get(scope, scope)} needs a key of scope {scope!r}")
             now = utcnow()
             if key.last_used_at is None or (now - key.last_used_at).total_seconds() > 60:
                 key.last_used_at = now  # coarse, so busy clients do not write on every call
-            return ApiKeyInfo(key.id, key.bot_id, bot, key.name, key.prefix, True)
+            return ApiKeyInfo(key.id, key.bot_id, bot, key.name, key.prefix, True, key_scope)
 
     def list(self) -> list[ApiKeyInfo]:
         with self.db.session() as s:
             rows = s.execute(
                 select(ApiKey, Bot.name).join(Bot, Bot.id == ApiKey.bot_id).order_by(ApiKey.id)
             ).all()
-        return [ApiKeyInfo(k.id, k.bot_id, b, k.name, k.prefix, bool(k.active)) for k, b in rows]
+        return [ApiKeyInfo(k.id, k.bot_id, b, k.name, k.prefix, bool(k.active), k.scope or "chat")
+                for k, b in rows]
 
     def set_active(self, key_id: int, active: bool) -> None:
         with self.db.session() as s:

@@ -131,6 +131,12 @@ class DialogueSettings(BaseModel):
     # Reply with an FAQ entry's own answer (verbatim, cited) when it is the top hit at this
     # confidence or more (bot/policy.py direct_source, bench/calibrate_direct.py); above 1: never.
     direct_answer_threshold: float = 0.825
+    # On a flat knowledge base (FAQ pages, help articles), P(the top FAQ entry answers the
+    # question) decides instead (bot/faq_match.py): at the matcher's fitted ``direct`` P or more the
+    # reply is that entry's answer; below, the bot asks back (from its ``clarify`` P) or hands off.
+    # "default" = the bundled one (bench/fit_faq_match.py), a path = another, "" = none (the
+    # retrieval confidence and the selector decide, as on a knowledge base of entities).
+    faq_matcher: str = "default"
     # A generated reply ends at any of these (the default 135M model sometimes goes on to list the
     # sources again, "[2] Title: ..."), and where a line repeats an earlier one (a loop).
     stop: list[str] = ["\n[", "\nSources:", "\nQuestion:"]
@@ -218,6 +224,37 @@ class WebSettings(BaseModel):
     check_index_at_start: bool = True
 
 
+class HandoffSettings(BaseModel):
+    """Live hand-off to a person (``bot/handoff.py``) and webhooks (``bot/webhooks.py``)."""
+
+    # An agent counts as online when the queue page or the agent API saw them this recently.
+    agent_online_s: float = 90.0
+    # How often a live stream (queue page, a waiting visitor's widget) reads the database for
+    # changes another worker process made; changes made in this process wake it at once.
+    poll_s: float = 0.5
+    # "The visitor is typing" is shown this long after their last typing ping.
+    typing_s: float = 6.0
+    waiting_message: str = "You are number {position} in the queue. A member of our team will reply here."
+    joined_message: str = "A member of our team has joined the conversation."
+    no_agent_message: str = (
+        "No one from our team is online right now. Leave your email address and we will reply "
+        "by email, or keep writing here: we will read it."
+    )
+    ask_bot_first_message: str = (
+        "I can try to help right away: what is your question? If my answer does not help, you "
+        "can still talk to a person."
+    )
+    offer_message: str = "Did that help? If not, you can talk to a person."
+    handed_back_message: str = "You are talking to the assistant again."
+    resolved_message: str = "This conversation was marked as resolved. Write again any time."
+    # Webhook delivery: attempts before a delivery is marked failed, the first retry's delay
+    # (doubled after each failure), the HTTP timeout and how often the worker looks for due ones.
+    webhook_max_attempts: int = 6
+    webhook_backoff_s: float = 10.0
+    webhook_timeout_s: float = 5.0
+    webhook_poll_s: float = 1.0
+
+
 class TrainingSettings(BaseModel):
     method: Literal["lora", "full"] = "lora"
     epochs: float = 3.0
@@ -275,6 +312,7 @@ class Settings(BaseSettings):
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
     dialogue: DialogueSettings = Field(default_factory=DialogueSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    handoff: HandoffSettings = Field(default_factory=HandoffSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
 
     @classmethod

@@ -67,6 +67,11 @@
     ".send{background:var(--supportbot-color,#2f6f4f);color:var(--supportbot-text-color,#fff);border:0;border-radius:10px;padding:0 14px;cursor:pointer;font:inherit;font-weight:600}",
     ".send:disabled{opacity:.5;cursor:default}",
     ".human{background:transparent;border:0;color:#245a8a;text-decoration:underline;cursor:pointer;font:inherit;font-size:13px;padding:4px 12px 8px;text-align:left}",
+    ".msg.team{background:#eef5fd;border:1px solid #b9d3ee}",
+    ".msg .who{font-size:12px;color:#5b6670;margin-bottom:2px;font-weight:600}",
+    ".queue form{display:flex;gap:6px;margin-top:6px}.queue input{flex:1;font:inherit;font-size:13px;padding:4px 6px;border:1px solid #cfd5da;border-radius:6px;min-width:0}",
+    ".queue button,.offer button{font:inherit;font-size:13px;border:1px solid #cfd5da;background:#fff;border-radius:6px;cursor:pointer;padding:3px 8px}",
+    ".queue .err{color:#a4262c;margin-top:4px}",
     ".sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}",
     "@media (max-width:480px){:host{bottom:12px;right:12px}:host([position=left]){left:12px}",
     ".panel.open{position:fixed;inset:0;width:100vw;max-width:100vw;height:100%;max-height:100%;border-radius:0}}"
@@ -321,6 +326,7 @@
       if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); self.send(); }
     });
     this.humanBtn.addEventListener("click", function () { self.askHuman(); });
+    this.input.addEventListener("input", function () { self.typingPing(); });
 
     var greeting = script.getAttribute("data-greeting");
     if (greeting) this.addNote(greeting, "agent");
@@ -421,7 +427,9 @@
       if (!self.state.conversation) return;
       return self.call("/api/conversations/" + encodeURIComponent(self.state.conversation)).then(function (r) { return r.json(); }).then(function (conv) {
         conv.messages.forEach(function (m) {
+          self.lastSeen = Math.max(self.lastSeen || 0, m.id);
           if (m.role === "user") { self.addUser(m.text); return; }
+          if (m.by === "human") { self.addHuman(m); return; }
           var view = self.addAgent(m.id);
           if (m.decision === "handoff") { self.addNote(m.text, "note"); view.node.remove(); return; }
           view.text = m.text; renderMarkdown(view.body, m.text);
@@ -430,6 +438,7 @@
           else self.resume(view, m.id + ":" + m.text.length);
         });
         self.scroll();
+        if (conv.status === "waiting" || conv.status === "human") self.startLive(conv.queue);
       });
     }).catch(function (e) {
       if (e && e.status === 404) { self.state.conversation = null; save(self.state); }
@@ -527,7 +536,9 @@
         if (type === "meta") { view.id = data.message_id; }
         else if (type === "token") view.append(data.text);
         else if (type === "sources") view.setSources(data.sources);
-        else if (type === "handoff") { view.node.remove(); self.addNote(data.message, "note"); }
+        else if (type === "handoff") { view.node.remove(); self.addNote(data.message, "note"); self.startLive(data.queue); }
+        else if (type === "queued") { view.node.remove(); view.id = null; self.startLive(data); }
+        else if (type === "offer") { self.addOffer(data.message); }
         else if (type === "error") { ended = true; view.finish(); self.addNote(data.message, "error"); }
         else if (type === "done") { ended = true; view.finish(); }
       });
@@ -585,9 +596,106 @@
       });
     }).then(function (r) { return r.json(); }).then(function (data) {
       self.addNote(data.message, "note");
+      if (!data.ask_bot_first) self.startLive(data.queue);
     }).catch(function (e) {
       self.addNote((e && e.message) || "Could not reach a person right now.", "error");
     }).then(function () { self.humanBtn.disabled = false; });
+  };
+
+  /* -- a person in the conversation ------------------------------------------------------- */
+  /* While the conversation waits for or is with a person, the widget follows
+     GET /api/conversations/<id>/live: "status" events (place in the queue, an agent joined, no
+     agent online) update one note in place, "message" events are the agent's replies. The stream
+     ends when the agent hands the conversation back or resolves it; a dropped one reconnects
+     with ?after=<the last message id seen>, so no reply is shown twice. */
+  SupportbotChat.prototype.addHuman = function (m) {
+    this.shownHuman = this.shownHuman || {};
+    if (this.shownHuman[m.id]) return;
+    this.shownHuman[m.id] = true;
+    this.lastSeen = Math.max(this.lastSeen || 0, m.id);
+    var node = el("div", { "class": "msg agent team" });
+    node.appendChild(el("div", { "class": "who" }, "Support team"));
+    var body = el("div", { "class": "body" });
+    renderMarkdown(body, m.text);
+    node.appendChild(body);
+    this.log.appendChild(node); this.scroll();
+  };
+
+  SupportbotChat.prototype.showQueue = function (state) {
+    if (!state) return;
+    if (!this.queueNote || !this.queueNote.isConnected) {
+      this.queueNote = el("div", { "class": "msg note queue", role: "status" });
+      this.queueText = el("p");
+      this.queueNote.appendChild(this.queueText);
+      this.log.appendChild(this.queueNote);
+    }
+    this.queueText.textContent = state.message || "";
+    var form = this.queueNote.querySelector("form");
+    if (state.ask_email && !form) this.queueNote.appendChild(this.emailForm());
+    else if (!state.ask_email && form) form.remove();
+    this.scroll();
+  };
+
+  SupportbotChat.prototype.emailForm = function () {
+    var self = this, form = el("form");
+    var input = el("input", { type: "email", "aria-label": "Your email address", placeholder: "you@example.com", maxlength: "254", autocomplete: "email" });
+    var ok = el("button", { type: "submit" }, "Leave email");
+    var err = el("div", { "class": "err", role: "alert" });
+    form.appendChild(input); form.appendChild(ok);
+    form.addEventListener("submit", function (e) {
+      e.preventDefault();
+      err.remove();
+      self.call("/api/conversations/" + encodeURIComponent(self.state.conversation) + "/email", {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ email: input.value })
+      }).then(function (r) { return r.json(); }).then(function (data) {
+        form.replaceWith(el("p", null, data.message));
+      }).catch(function (e2) { err.textContent = (e2 && e2.message) || "Could not save the address."; form.after(err); });
+    });
+    return form;
+  };
+
+  SupportbotChat.prototype.addOffer = function (message) {
+    var self = this, node = el("div", { "class": "msg note offer" });
+    node.appendChild(el("p", null, message));
+    var yes = el("button", { type: "button" }, "Talk to a person");
+    yes.addEventListener("click", function () { node.remove(); self.askHuman(); });
+    node.appendChild(yes);
+    this.log.appendChild(node); this.scroll();
+  };
+
+  SupportbotChat.prototype.startLive = function (state, attempt) {
+    var self = this;
+    if (state) this.showQueue(state);
+    if (state && state.status && state.status !== "waiting" && state.status !== "human") return;
+    if (this.liveOn || !this.state.conversation) return;
+    this.liveOn = true;
+    var cid = this.state.conversation, ended = false;
+    this.call("/api/conversations/" + encodeURIComponent(cid) + "/live?after=" + (this.lastSeen || 0),
+      { headers: { "Accept": "text/event-stream" } }).then(function (r) {
+      return readEvents(r, function (type, data) {
+        if (type === "message") { self.addHuman(data); attempt = 0; }
+        else if (type === "status") {
+          self.showQueue(data);
+          if (data.status !== "waiting" && data.status !== "human") { ended = true; self.queueNote = null; }
+        }
+      });
+    }).catch(function () { /* reconnects below */ }).then(function () {
+      self.liveOn = false;
+      if (ended || self.state.conversation !== cid) return;
+      var n = (attempt || 0) + 1;
+      if (n <= 20) setTimeout(function () { self.startLive(null, n); }, Math.min(1000 * n, 10000));
+    });
+  };
+
+  /* At most one ping every 3 s while the visitor types, only when a person may be reading. */
+  SupportbotChat.prototype.typingPing = function () {
+    if (!this.liveOn || !this.state.conversation) return;
+    var now = Date.now();
+    if (this.lastPing && now - this.lastPing < 3000) return;
+    this.lastPing = now;
+    this.call("/api/conversations/" + encodeURIComponent(this.state.conversation) + "/typing", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: "{}"
+    }).catch(function () { /* best effort */ });
   };
 
   customElements.define("supportbot-chat", SupportbotChat);

@@ -13,12 +13,14 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import text as sql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -36,6 +38,8 @@ class Bot(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # Per-bot options set in the admin console (e.g. {"handoff_ask_bot_first": true}); None = {}.
+    options: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Document(Base):
@@ -97,11 +101,21 @@ class IndexVersion(Base):
 
 class Conversation(Base):
     __tablename__ = "conversations"
+    __table_args__ = (Index("ix_conversations_bot_created", "bot_id", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     bot_id: Mapped[int] = mapped_column(ForeignKey("bots.id", ondelete="CASCADE"), index=True)
     visitor_id: Mapped[str] = mapped_column(String(64), index=True, default="")
-    status: Mapped[str] = mapped_column(String(16), default="open")  # open|handed_off|resolved
+    # bot -> waiting (for a person) -> human (a person has it) -> resolved; see bot/conversations.
+    status: Mapped[str] = mapped_column(String(16), default="bot", index=True)
+    # Who has the conversation: an admin user name or an agent key's name; "" when nobody.
+    assigned_to: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    waiting_since: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    reopened_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    # Left by a visitor when no agent is online; never in training data or analytics exports.
+    visitor_email: Mapped[str] = mapped_column(String(254), default="", server_default="")
+    visitor_typing_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
@@ -116,6 +130,17 @@ class Conversation(Base):
 
 class Message(Base):
     __tablename__ = "messages"
+    # Partial indexes for the analytics page (bot/analytics.py): which conversations a person
+    # answered in, and the bot replies' time to first token by time (covering, for an index-only
+    # scan on PostgreSQL).
+    __table_args__ = (
+        Index("ix_messages_human_conversation", "conversation_id",
+              postgresql_where=sql("role = 'human'"), sqlite_where=sql("role = 'human'")),
+        Index("ix_messages_bot_ttft", "created_at",
+              postgresql_include=["ttft_ms", "conversation_id"],
+              postgresql_where=sql("role = 'bot' AND ttft_ms IS NOT NULL"),
+              sqlite_where=sql("role = 'bot' AND ttft_ms IS NOT NULL")),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     conversation_id: Mapped[str] = mapped_column(
@@ -134,7 +159,7 @@ class Message(Base):
     prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     complete: Mapped[bool] = mapped_column(Boolean, default=True)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
     # Last write of the row: the producer of an unfinished answer writes its progress (and a
     # heartbeat) here as it goes, so a follower in another process can tell a dead producer.
     updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True, default=utcnow,
@@ -153,7 +178,7 @@ class Feedback(Base):
     )
     rating: Mapped[int] = mapped_column(Integer)  # +1 | -1
     comment: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
 
 
 class Handoff(Base):
@@ -201,6 +226,8 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(128), default="")
     prefix: Mapped[str] = mapped_column(String(16), default="")  # shown in lists: "sb-3f9a..."
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # "chat" (the OpenAI-compatible /v1 API) or "agent" (/api/agent, for help-desk bridges).
+    scope: Mapped[str] = mapped_column(String(16), default="chat", server_default="chat")
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
@@ -230,3 +257,72 @@ class LoginThrottle(Base):
     failures: Mapped[int] = mapped_column(Integer, default=0)
     first_failure_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     locked_until: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class AgentPresence(Base):
+    """When each agent (an admin user name or an agent key's name) was last seen online."""
+
+    __tablename__ = "agent_presence"
+
+    agent: Mapped[str] = mapped_column(String(128), primary_key=True)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Webhook(Base):
+    """A receiver of a bot's events (JSON POST, signed with HMAC-SHA256 of ``secret``)."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bot_id: Mapped[int] = mapped_column(ForeignKey("bots.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(String(128))
+    events: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event to deliver to one webhook; retried with back-off until delivered or failed."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|delivered|failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Fix(Base):
+    """An agent's right answer to a question the bot got wrong (or a draft from a resolved
+    conversation). Approved, it becomes a curated FAQ entry (``document_id``), a regression case
+    and a training example."""
+
+    __tablename__ = "fixes"
+    __table_args__ = (Index("ix_fixes_bot_status", "bot_id", "status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bot_id: Mapped[int] = mapped_column(ForeignKey("bots.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))  # rated_down|not_answered|asked_back|resolved
+    conversation_id: Mapped[str | None] = mapped_column(
+        ForeignKey("conversations.id", ondelete="SET NULL"), nullable=True
+    )
+    message_id: Mapped[int | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="SET NULL"), nullable=True
+    )
+    question: Mapped[str] = mapped_column(Text)
+    answer: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16), default="draft")  # draft|approved|dismissed
+    document_id: Mapped[int | None] = mapped_column(
+        ForeignKey("documents.id", ondelete="SET NULL"), nullable=True
+    )
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    approved_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)

@@ -1,0 +1,115 @@
+"""Features of the FAQ-answer decision, per question of ``bench/faq_corpus`` (and the sample FAQ).
+
+For every question: the retriever's hits (the pipeline's own ``retrieve``), the rank of the
+question's expected FAQ entry among them (None for out-of-scope questions and for misses), and
+per FAQ hit of the first ``--top``: its fused score, its cosine with the question (the question
+side and the whole entry), and the logit of each bundled cross-encoder on the (question, entry)
+pair. Written as JSON lines for ``bench/fit_faq_decision.py``.
+
+    nice python bench/faq_decision_data.py --out var/bench/faq_decision.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from answer_quality import build_generated_files, norm, sites  # noqa: E402
+from bot.components import Components  # noqa: E402
+from bot.core.settings import Settings  # noqa: E402
+from bot.cross_selector import BUNDLED_CROSS, CrossSelector  # noqa: E402
+
+
+def flat_pair(hit) -> str:
+    kind = hit.doc_type or "passage"
+    return f"entity 1: {hit.entity} | {kind} | {hit.text}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=REPO / "var" / "bench" / "faq_decision.jsonl")
+    ap.add_argument("--top", type=int, default=5)
+    ap.add_argument("--cross", default="support")
+    ap.add_argument("--stackfaq", type=Path, default=REPO.parent / "shared" / "data" / "stackfaq",
+                    help="also StackFAQ dev (its threads split as the cross-encoder's selector.json says)")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="faqdec-", dir=REPO / "var"))
+    build_generated_files(work)
+    settings = Settings(data_dir=work / "data")
+    comps = Components(settings)
+    embedder = comps.embedder
+    crosses = {name: CrossSelector.load(BUNDLED_CROSS[name], embedder=embedder)
+               for name in args.cross.split(",") if name and BUNDLED_CROSS[name].is_dir()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w") as fh:
+        for site in sites(work):
+            bot = re.sub(r"[^a-z0-9-]", "-", site["name"].lower())
+            report = comps.knowledge.ingest(bot, [Path(f) for f in site["files"]], progress=False)
+            if report.errors:
+                raise SystemExit(f"{site['name']}: {report.errors}")
+            pipeline = comps.pipeline(bot)
+            for q in tqdm(site["questions"], desc=site["name"], unit="q"):
+                hits = pipeline.retrieve(q["q"], [])
+                want = norm(q.get("entry", "")) if q["kind"] != "out_of_scope" else None
+                rank = next((i for i, h in enumerate(hits) if want and norm(h.question or h.title or "") == want), None)
+                fh.write(json.dumps(features(q["q"], hits, rank, site["name"], site["part"], q["kind"],
+                                             embedder, crosses, args.top)) + "\n")
+        if args.stackfaq.is_dir():
+            stackfaq(args, settings, embedder, crosses, fh)
+
+
+def stackfaq(args, settings, embedder, crosses, fh) -> None:
+    from bot.eval_kb import prepare_kb
+
+    held = set()
+    for cs in crosses.values():
+        held |= set(cs.meta.get("held_out", {}).get("stackfaq_threads", []))
+    kb = prepare_kb(args.stackfaq / "kb.jsonl", settings, progress=True)
+    pipeline = kb.components.pipeline(kb.bot)
+    for line in tqdm(open(args.stackfaq / "queries_dev.jsonl"), desc="stackfaq", unit="q"):
+        item = json.loads(line)
+        gold = set(item["gold_doc_ids"])
+        thread = int(next(iter(gold)).split(":")[1])
+        hits = pipeline.retrieve(item["query"], [])
+        rank = next((i for i, h in enumerate(hits) if h.doc_id in gold), None)
+        row = features(item["query"], hits, rank, f"stackfaq:{thread}",
+                       "stackfaq_held" if thread in held else "stackfaq_fit", "in_scope", embedder, crosses, args.top)
+        for f, h in zip(row["faq"], [h for h in hits if h.faq_answer][: args.top]):
+            f["right"] = h.doc_id in gold
+        fh.write(json.dumps(row) + "\n")
+
+
+def features(message, hits, rank, site, part, kind, embedder, crosses, top) -> dict:
+    """One question's row: its hits' rank of the expected entry and per FAQ hit its features."""
+    faq = [h for h in hits if h.faq_answer][:top]
+    feats = []
+    if faq:
+        qv = embedder.embed([message])[0]
+        ev = embedder.embed([h.question or h.text for h in faq])
+        tv = embedder.embed([h.text for h in faq])
+        logits = {name: cs.logits(message, [flat_pair(h) for h in faq]).tolist() for name, cs in crosses.items()}
+        for j, h in enumerate(faq):
+            feats.append({"rank": hits.index(h), "right": rank is not None and hits.index(h) == rank,
+                          "question": h.question, "doc_id": h.doc_id,
+                          "score": float(h.score), "cos_q": float(qv @ ev[j]), "cos_t": float(qv @ tv[j]),
+                          **{f"x_{n}": logits[n][j] for n in logits}})
+    return {"site": site, "part": part, "kind": kind, "q": message, "rank": rank, "n_hits": len(hits),
+            "confidence": float(hits[0].confidence) if hits else 0.0,
+            "top_is_faq": bool(hits and hits[0].faq_answer), "faq": feats}
+
+
+if __name__ == "__main__":
+    main()

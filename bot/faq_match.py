@@ -1,0 +1,139 @@
+"""Does the site's FAQ answer this question? P(the top FAQ entry answers the visitor's question).
+
+On a site whose knowledge is FAQ entries (a question with its answer), the best reply to a question
+the FAQ answers is that entry's own answer (``bot/policy.py`` direct replies), and the best reply to
+one it does not answer is a hand-off. The retriever's calibrated confidence cannot tell the two
+apart on paraphrases: its median on the benchmark's answerable questions was 0.34, about the same
+as on questions the FAQ does not answer (``bench/answer_quality.py``). ``FAQMatcher.match`` reads
+four features of each of the retriever's first FAQ hits:
+
+* ``margin``: the entry's fused score minus the best of the entries with another question (its
+  rivals: an answer that stands out; several answers to one question do not compete);
+* ``cos_q``: the embedding cosine of the visitor's message and the entry's question;
+* ``cross``: the support cross-encoder's logit on the (message, entry) pair (it reads the two
+  together: "gift cards" vs "gift wrapping");
+* ``cross_margin``: that logit minus the best logit of its rivals,
+
+gives each entry ``sigmoid(w . f + b)`` and returns the likeliest (it reranks: on the held-out
+companies the right entry came first for 0.837 of the questions, against 0.815 by the retriever). The weights and the two thresholds (``direct``: reply with the
+entry, ``clarify``: ask back offering it) are fitted by ``bench/fit_faq_match.py`` on the fit
+companies of ``bench/faq_corpus``, with "gold removed" negatives (the question asked once more with its answer taken out of the FAQ), and
+stored in ``faq-match.json`` with the figures on the held-out companies.
+
+It applies to flat knowledge bases only (FAQ pages, help articles: passages that name no entity,
+``cross_selector.pool_kind``); in a base of entities (hotels, products with reviews) the selector
+decides as before.
+
+    python bench/faq_decision_data.py --top 8 && python bench/fit_faq_match.py --write
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from bot.core.errors import ConfigError
+from bot.cross_selector import BUNDLED_CROSS, CrossSelector, pair_text, pool_kind
+from retrieval.types import Hit
+
+MATCH_FILE = Path(__file__).with_name("selectors") / "faq-match.json"
+FEATURES = ["margin", "cos_q", "cross", "cross_margin"]
+TOP = 8  # FAQ hits read (the retriever's order); the features need the top one and its rivals
+NO_RIVAL = 4.0  # a margin when no other entry was retrieved: clearly ahead
+
+
+def _key(question: str) -> str:
+    return re.sub(r"\W+", " ", question.lower()).strip()
+
+
+def features_from(items: Sequence[tuple[float, str, float, float]], j: int = 0) -> list[float]:
+    """The features of entry ``j`` of ``items`` (score, question, cos_q, cross logit), against its
+    rivals: the entries with another question. Shared by serving and ``bench/fit_faq_match.py``."""
+    score, question, cos_q, cross = items[j]
+    rivals = [it for it in items if _key(it[1]) != _key(question)]
+    margin = score - max(it[0] for it in rivals) if rivals else NO_RIVAL
+    cross_margin = cross - max(it[3] for it in rivals) if rivals else NO_RIVAL
+    return [float(np.clip(margin, -2 * NO_RIVAL, 2 * NO_RIVAL)), float(cos_q), float(cross),
+            float(np.clip(cross_margin, -3 * NO_RIVAL, 3 * NO_RIVAL))]
+
+
+@dataclass(frozen=True)
+class FAQMatch:
+    entry: Hit  # the FAQ entry most likely to answer the question
+    probability: float  # P(it answers the question)
+    rival: Hit | None  # the likeliest entry with another question (a second topic to offer)
+    rival_probability: float = 0.0
+
+
+class FAQMatcher:
+    """``match(message, hits) -> FAQMatch | None``: the FAQ entry of ``hits`` most likely to
+    answer ``message`` and that P (None when the hits hold no FAQ entry or are about entities)."""
+
+    def __init__(self, meta: dict, cross: CrossSelector, embedder):
+        self.weights = np.asarray(meta["weights"], np.float64)
+        self.bias = float(meta["bias"])
+        self.direct = float(meta["direct"])
+        self.clarify = float(meta["clarify"])
+        self.cross = cross
+        self.embedder = embedder
+        self.meta = meta
+
+    @classmethod
+    def load(cls, path: str | Path, embedder, threads: int = 1) -> "FAQMatcher":
+        path = Path(path).expanduser()
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"dialogue.faq_matcher={str(path)!r}: cannot read it: {exc}") from exc
+        missing = [k for k in ("features", "weights", "bias", "direct", "clarify", "cross", "embedder") if k not in meta]
+        if missing or meta["features"] != FEATURES:
+            raise ConfigError(f"{path}: not an FAQ matcher for features {FEATURES} (missing {missing})")
+        have = getattr(embedder, "model_id", None)
+        if have != meta["embedder"]:
+            raise ConfigError(f"{path}: fitted behind embedder {meta['embedder']!r}, the retriever uses {have!r}")
+        cross_dir = BUNDLED_CROSS.get(meta["cross"]) or (path.parent / meta["cross"])
+        return cls(meta, CrossSelector.load(cross_dir, threads=threads, embedder=embedder), embedder)
+
+    def probability(self, feats: Sequence[float]) -> float:
+        z = float(self.weights @ np.asarray(feats, np.float64)) + self.bias
+        return 1.0 / (1.0 + math.exp(-z))
+
+    def match(self, message: str, hits: Sequence[Hit]) -> FAQMatch | None:
+        if pool_kind(hits) != "flat":
+            return None
+        faq = [h for h in hits if h.faq_answer][:TOP]
+        if not faq:
+            return None
+        vectors = self.embedder.embed([message] + [h.question or h.text for h in faq])
+        cos = vectors[1:] @ vectors[0]
+        logits = self.cross.logits(message, [pair_text(h, 0) for h in faq])
+        items = [(float(h.score), h.question, float(c), float(x)) for h, c, x in zip(faq, cos, logits)]
+        p = [self.probability(features_from(items, j)) for j in range(len(faq))]
+        order = sorted(range(len(faq)), key=lambda j: (-p[j], j))  # ties: the retriever's order
+        best = order[0]
+        rival = next((j for j in order[1:] if _key(faq[j].question) != _key(faq[best].question)), None)
+        return FAQMatch(faq[best], p[best], None if rival is None else faq[rival],
+                        0.0 if rival is None else p[rival])
+
+
+def load_matcher(name: str, embedder, threads: int = 1) -> FAQMatcher | None:
+    """The matcher ``dialogue.faq_matcher`` names: ``""`` none, ``"default"`` the bundled one
+    (None when the retriever's embedder is not the one it was fitted behind), else a path (strict)."""
+    if not name:
+        return None
+    if name == "default":
+        if embedder is None or not MATCH_FILE.is_file():
+            return None
+        try:
+            fitted_for = json.loads(MATCH_FILE.read_text(encoding="utf-8")).get("embedder")
+        except (OSError, ValueError):
+            return None
+        if fitted_for != getattr(embedder, "model_id", None):
+            return None
+        return FAQMatcher.load(MATCH_FILE, embedder, threads)
+    return FAQMatcher.load(name, embedder, threads)

@@ -1,0 +1,100 @@
+"""The FAQ matcher: P(the top FAQ entry answers the question) decides on flat knowledge bases.
+
+Its features (rivals are entries with another question), the policy it drives (direct reply, ask
+back, hand off) and, with the bundled matcher on the real embedder and cross-encoder, the bundled
+sample FAQ: a paraphrase of an entry is answered with the entry's own answer, a question the FAQ
+does not answer is not answered.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bot.faq_match import FEATURES, MATCH_FILE, NO_RIVAL, FAQMatcher, features_from, load_matcher
+from bot.policy import ANSWER, CLARIFY, DIRECT, HANDOFF, Decision, with_match
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_rivals_are_entries_with_another_question():
+    # two answers to one question (as on StackFAQ) do not compete: the margin is to the third
+    items = [(3.0, "How do I reset my password?", 0.8, 2.0),
+             (2.9, "how do I reset my password", 0.8, 1.5),
+             (1.0, "Can I change my email?", 0.3, -3.0)]
+    margin, cos_q, cross, cross_margin = features_from(items)
+    assert margin == pytest.approx(2.0) and cos_q == pytest.approx(0.8)
+    assert cross == pytest.approx(2.0) and cross_margin == pytest.approx(5.0)
+    alone = features_from(items[:2])
+    assert alone[0] == NO_RIVAL and alone[3] == NO_RIVAL
+
+
+@pytest.mark.parametrize("p, action, reason", [
+    (0.9, ANSWER, DIRECT), (0.5, CLARIFY, "ambiguous"), (0.1, HANDOFF, "not_in_knowledge")])
+def test_the_policy_follows_the_matchers_probability(p, action, reason):
+    decided = with_match(Decision(ANSWER, "confident", 0.9), p, direct=0.8, clarify=0.3)
+    assert (decided.action, decided.reason, decided.confidence) == (action, reason, p)
+
+
+def test_a_request_for_a_person_stays_a_handoff():
+    requested = Decision(HANDOFF, "requested", 0.9)
+    assert with_match(requested, 0.99, direct=0.8, clarify=0.3) is requested
+    assert with_match(Decision(ANSWER, "confident", 0.9), None, 0.8, 0.3).reason == "confident"
+
+
+def test_the_bundled_matcher_is_fitted_and_records_its_figures():
+    meta = json.loads(MATCH_FILE.read_text())
+    assert meta["features"] == FEATURES and len(meta["weights"]) == len(FEATURES)
+    assert 0 < meta["clarify"] <= meta["direct"] < 1
+    assert meta["fitted_on"] == ["fit"]
+    assert "held_out" in meta["figures"]
+
+
+def test_a_wrong_embedder_turns_the_default_off_and_a_path_refuses_it():
+    from bot.core.errors import ConfigError
+    from retrieval.embedder import HashingEmbedder
+
+    assert load_matcher("default", HashingEmbedder(32)) is None
+    assert load_matcher("", HashingEmbedder(32)) is None
+    with pytest.raises(ConfigError, match="embedder"):
+        FAQMatcher.load(MATCH_FILE, HashingEmbedder(32))
+
+
+@pytest.fixture(scope="module")
+def sample_bot(tmp_path_factory, minilm):
+    from bot.components import Components
+    from bot.core.settings import Settings
+
+    settings = Settings(data_dir=tmp_path_factory.mktemp("faqmatch") / "var",
+                        dialogue={"faq_matcher": "default", "checker": ""},
+                        generator={"backend": "extractive"})
+    comps = Components(settings, parts={"embedder": minilm})
+    report = comps.knowledge.ingest("shop", [REPO / "samples" / "faq"], progress=False)
+    assert not report.errors
+    return comps.pipeline("shop", with_generator=False)
+
+
+def test_a_paraphrase_is_answered_with_the_entrys_own_answer(sample_bot):
+    assert sample_bot.matcher is not None
+    # one of the questions the right-answers issue quotes (the old default replied about promo codes)
+    message = "when do you take the money from my card"
+    hits = sample_bot.retrieve(message, [])
+    plan = sample_bot.plan(message, hits)
+    assert plan.decision.action == ANSWER and plan.direct
+    assert plan.sources[0].question == "When is my card charged?"
+
+
+@pytest.mark.parametrize("message", ["what is the capital of Australia?",
+                                     "can you recommend a good dentist in Bend?"])
+def test_a_question_the_faq_does_not_answer_is_not_answered(sample_bot, message):
+    plan = sample_bot.plan(message, sample_bot.retrieve(message, []))
+    assert plan.decision.action != ANSWER, plan.decision
+
+
+def test_a_clarifying_question_offers_the_chosen_topics_only(sample_bot):
+    hits = sample_bot.retrieve("warranty", [])
+    faq = [h for h in hits if h.faq_answer]
+    text, offered = sample_bot.clarify(hits, [faq[2]])
+    assert offered == [faq[2]] and f"\u201c{faq[2].question}\u201d" in text
+    assert faq[0].question not in text
