@@ -103,3 +103,11 @@ def test_drafts_are_approved_with_edits_or_dismissed(admin, components):
     assert "Drafts from resolved conversations (0)" in admin.get("/admin/fixes/").get_data(as_text=True)
     assert admin.get("/admin/fixes/?bot=nobody").status_code == 404
     assert admin.get("/admin/fixes/?bot=default").status_code == 200
+
+
+def test_the_analytics_link_carries_the_reply_into_the_write_form(admin, components):
+    message_id = rated_down(components, "Do you deliver on Sundays?")
+    body = admin.get(f"/admin/fixes/?message_id={message_id}&question=Do+you+deliver+on+Sundays%3F").get_data(as_text=True)
+    form = body.split('id="write"', 1)[1].split("</form>", 1)[0]
+    assert f'name="message_id" value="{message_id}"' in form and 'value="Do you deliver on Sundays?"' in form
+    assert 'name="message_id"' not in admin.get("/admin/fixes/").get_data(as_text=True).split('id="write"', 1)[1].split("</form>", 1)[0]

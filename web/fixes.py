@@ -59,7 +59,9 @@ def index():
     f = _fixes()
     return render_template("admin/fixes.html", bad=f.bad_answers(g.bot, limit=100),
                            drafts=f.list(g.bot, status="draft"), approved=f.list(g.bot, status="approved", limit=50),
-                           question=request.args.get("question", "")[:2000])
+                           question=request.args.get("question", "")[:2000],
+                           # the bot reply an analytics group links from: the fix is recorded against it
+                           message_id=request.args.get("message_id", type=int))
 
 
 @bp.get("/new")
