@@ -68,7 +68,8 @@ def test_listing_finds_rated_down_not_answered_and_asked_back_not_requested(comp
     assert rated.question == "Is a broken zipper covered by the warranty?"
     assert "zipper" in rated.reply.lower() and rated.sources
     not_answered = bad[meta_gift["message_id"]]
-    assert (not_answered.kind, not_answered.reason) == ("not_answered", "low_confidence")
+    # low_confidence from the retrieval confidence, not_in_knowledge from the FAQ matcher (when on)
+    assert not_answered.kind == "not_answered" and not_answered.reason in ("low_confidence", "not_in_knowledge")
     assert not_answered.question == "Do you offer gift wrapping?"
     # What it retrieved: the candidates it saw, with their text and confidence.
     assert len(not_answered.retrieved) == 3
