@@ -3,7 +3,9 @@
 the visitor (the demo page's widget) asks a question, then for a person; the agent (the admin
 console's queue, logged in) sees the conversation arrive live, with the reason and the bot's
 sources, opens and takes it, sees the visitor typing and replies; the reply appears in the
-visitor's open widget within a second or two; the agent resolves and the widget says so.
+visitor's open widget within a second or two; the agent resolves and the widget says so. The
+widget's "Talk to a person" link is hidden while the conversation waits for or is with a person
+and shown again once it is handed back to the bot or resolved, also after a reload.
 
 Set ``SUPPORTBOT_HANDOFF_SCREENSHOTS=docs/screenshots`` to save ``handoff-visitor.png`` and
 ``handoff-agent.png`` there (the README's pictures).
@@ -81,6 +83,8 @@ def test_visitor_and_agent_in_two_pages(server, browser):
     queue_note = visitor.locator("supportbot-chat .msg.note.queue")
     queue_note.wait_for()
     assert "number 1 in the queue" in queue_note.inner_text(), "an agent is online: the visitor's place"
+    link = visitor.locator("supportbot-chat button.human")
+    link.wait_for(state="hidden", timeout=5000)  # waiting for a person: no second request
 
     # The queue shows it live (no reload), with the reason and the bot's sources.
     row = agent.locator("#queue-rows tr[data-id]")
@@ -96,6 +100,7 @@ def test_visitor_and_agent_in_two_pages(server, browser):
     agent.locator("#open-meta", has_text="human").wait_for()
     assert comps.conversations.get(cid)["assigned_to"] == "alice"
     visitor.locator("supportbot-chat .msg.note.queue", has_text="joined").wait_for(timeout=5000)
+    assert link.is_hidden(), "a person has the conversation: no 'Talk to a person' link"
 
     # The agent sees the visitor typing.
     visitor.locator("supportbot-chat textarea").press_sequentially("Thanks, my order is 12")
@@ -129,7 +134,58 @@ def test_visitor_and_agent_in_two_pages(server, browser):
     agent.locator("form[data-action=resolve] button").click()
     agent.locator("#queue-rows", has_text="Nobody is waiting").wait_for(timeout=5000)
     visitor.locator("supportbot-chat .msg.note.queue", has_text="resolved").wait_for(timeout=5000)
+    link.wait_for(state="visible", timeout=5000)  # resolved: the visitor may ask for a person again
     assert comps.conversations.get(cid)["status"] == "resolved"
     assert dialogs == []
     visitor_ctx.close()
     agent_ctx.close()
+
+
+def test_talk_to_a_person_link_follows_the_conversation(server, browser):
+    """Hidden while waiting and with a person, back after hand-back, hidden again on a second
+    request (also after a reload, from the restored state), back after resolving."""
+    url, comps = server["url"], server["components"]
+    desk = comps.handoffs
+    ctx = browser.new_context(viewport={"width": 760, "height": 700})
+    page = ctx.new_page()
+    page.goto(url + "/demo")
+    page.locator("supportbot-chat .bubble").click()
+    link = page.locator("supportbot-chat button.human")
+    link.wait_for(state="visible")
+    box = page.locator("supportbot-chat textarea")
+    box.fill(QUESTION)
+    box.press("Enter")
+    page.locator("supportbot-chat .msg.agent .rate").first.wait_for(timeout=20000)
+    assert link.is_visible(), "the bot has the conversation: the visitor may ask for a person"
+
+    link.click()
+    link.wait_for(state="hidden", timeout=5000)
+    cid = page.evaluate("""() => {
+      const key = Object.keys(localStorage).find((k) => k.startsWith("supportbot:"));
+      return JSON.parse(localStorage.getItem(key)).conversation;
+    }""")
+    assert comps.conversations.get(cid)["status"] == "waiting"
+    assert page.evaluate("document.activeElement.shadowRoot.activeElement.tagName") == "TEXTAREA", \
+        "the focus moves to the message box, not to the page, when the link goes"
+
+    desk.take(cid, "alice")
+    page.locator("supportbot-chat .msg.note.queue", has_text="joined").wait_for(timeout=5000)
+    assert link.is_hidden()
+    desk.hand_back(cid, "alice")
+    link.wait_for(state="visible", timeout=5000)
+    assert comps.conversations.get(cid)["status"] == "bot"
+
+    # A second request; a reload restores the hidden link from the conversation's state.
+    link.click()
+    link.wait_for(state="hidden", timeout=5000)
+    page.reload()
+    page.locator("supportbot-chat textarea").wait_for(state="visible")  # the panel reopens
+    page.locator("supportbot-chat .msg.note.queue").wait_for(timeout=5000)
+    link.wait_for(state="hidden", timeout=5000)
+    desk.take(cid, "alice")
+    page.locator("supportbot-chat .msg.note.queue", has_text="joined").wait_for(timeout=5000)
+    assert link.is_hidden()
+    desk.resolve(cid, "alice")
+    page.locator("supportbot-chat .msg.note.queue", has_text="resolved").wait_for(timeout=5000)
+    link.wait_for(state="visible", timeout=5000)
+    ctx.close()

@@ -67,6 +67,7 @@
     ".send{background:var(--supportbot-color,#2f6f4f);color:var(--supportbot-text-color,#fff);border:0;border-radius:10px;padding:0 14px;cursor:pointer;font:inherit;font-weight:600}",
     ".send:disabled{opacity:.5;cursor:default}",
     ".human{background:transparent;border:0;color:#245a8a;text-decoration:underline;cursor:pointer;font:inherit;font-size:13px;padding:4px 12px 8px;text-align:left}",
+    ".human[hidden]{display:none}",
     ".msg.team{background:#eef5fd;border:1px solid #b9d3ee}",
     ".msg .who{font-size:12px;color:#5b6670;margin-bottom:2px;font-weight:600}",
     ".queue form{display:flex;gap:6px;margin-top:6px}.queue input{flex:1;font:inherit;font-size:13px;padding:4px 6px;border:1px solid #cfd5da;border-radius:6px;min-width:0}",
@@ -589,6 +590,8 @@
 
   SupportbotChat.prototype.askHuman = function () {
     var self = this;
+    // The visitor writes next; a disabled (then hidden) link would drop the focus to the page.
+    if (this.shadowRoot.activeElement === this.humanBtn) this.input.focus();
     this.humanBtn.disabled = true;
     this.conversation().then(function (cid) {
       return self.call("/api/conversations/" + encodeURIComponent(cid) + "/handoff", {
@@ -623,6 +626,7 @@
 
   SupportbotChat.prototype.showQueue = function (state) {
     if (!state) return;
+    this.showHumanLink(state.status !== "waiting" && state.status !== "human");
     if (!this.queueNote || !this.queueNote.isConnected) {
       this.queueNote = el("div", { "class": "msg note queue", role: "status" });
       this.queueText = el("p");
@@ -634,6 +638,16 @@
     if (state.ask_email && !form) this.queueNote.appendChild(this.emailForm());
     else if (!state.ask_email && form) form.remove();
     this.scroll();
+  };
+
+  /* "Talk to a person" is hidden while the conversation waits for or is with a person (asking
+     again would change nothing) and shown again once it is handed back to the bot or resolved.
+     Focus on the link when it goes moves to the message box, not to the page. */
+  SupportbotChat.prototype.showHumanLink = function (show) {
+    if (this.humanBtn.hidden === !show) return;
+    var focused = this.shadowRoot && this.shadowRoot.activeElement === this.humanBtn;
+    this.humanBtn.hidden = !show;
+    if (focused && !show && !this.panel.hidden) this.input.focus();
   };
 
   SupportbotChat.prototype.emailForm = function () {
