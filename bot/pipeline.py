@@ -126,8 +126,7 @@ class TurnPipeline:
                 topics.append(match.rival)
             return Plan(decision, hits, [match.entry] if decision.reason == DIRECT else [],
                         topics if decision.action == CLARIFY else [])
-        if decision.reason in ("requested", "no_knowledge") or (
-                decision.action == HANDOFF and not self.selector.judges):
+        if decision.action == HANDOFF:  # requested, no knowledge, or nothing close (policy.with_selection)
             return Plan(decision, hits, [])
         selection = self.select(message, hits, turns)
         decision = with_selection(decision, selection)

@@ -96,8 +96,12 @@ def build_selector(settings: DialogueSettings, embedder, stored_vectors: StoredV
       ``ConfigError``).
 
     ``stored_vectors`` (chunk ids -> their index vectors, or None) spares the MLP embedding the
-    passages again. ``auto`` keeps the DSTC11-trained cross-encoder opt-in: its knowledge-turn
-    detector asks back on most questions about an FAQ site (``bench/sample_faq_answers.py``)."""
+    passages again. ``auto`` is the DSTC11-trained cross-encoder when the retriever's embedder is
+    the one its detector was trained on, else the MLP when it was trained for it, else the rule.
+    The cross-encoder's detector asked back on most questions about an FAQ site; since the FAQ
+    matcher (``bot/faq_match.py``) decides wherever the top hit is an FAQ entry, it only decides
+    elsewhere (entity knowledge bases, help pages), and on the answer benchmark it answered no
+    out-of-scope question (``bench/answer_quality.py --configs cross-selector,current``)."""
     from bot.cross_selector import BUNDLED_CROSS, CrossSelector
     from bot.mlp_selector import BUNDLED, LearnedSelector
 
@@ -105,6 +109,13 @@ def build_selector(settings: DialogueSettings, embedder, stored_vectors: StoredV
     if not name:
         return RuleSelector(settings)
     if name == "auto":
+        cross_dir = BUNDLED_CROSS["dstc11-cross"]
+        try:
+            cross_for = json.loads((cross_dir / "selector.json").read_text(encoding="utf-8")).get("embedder")
+        except (OSError, ValueError):
+            cross_for = None
+        if embedder is not None and cross_for == getattr(embedder, "model_id", None):
+            return CrossSelector.load(cross_dir, threads=settings.selector_threads, embedder=embedder)
         path = BUNDLED["dstc11"]
         if embedder is None or not path.is_file():
             return RuleSelector(settings)

@@ -172,11 +172,13 @@ def test_build_selector_dispatches_folders_and_auto_checks_the_embedder(tiny_bas
         build_selector(DialogueSettings(selector=str(path)), HashingEmbedder(32))
     # the bundled MLP is for MiniLM: with another embedder, "auto" is the rule
     assert isinstance(build_selector(DialogueSettings(selector="auto"), HashingEmbedder(64)), RuleSelector)
-    # For the MiniLM embedder, "auto" is the MLP: the DSTC11-trained cross-encoder and its detector
-    # asked back on most questions about a general FAQ. The cross-encoder is chosen by name.
+    # For the MiniLM embedder, "auto" is the DSTC11-trained cross-encoder (the FAQ matcher decides
+    # where the top hit is an FAQ entry); the MLP stays one name away.
     with np.load(BUNDLED["dstc11"]) as data:
         minilm = type("MiniLM", (), {"model_id": json.loads(str(data["meta"]))["embedder"]})()
-    assert isinstance(build_selector(DialogueSettings(selector="auto"), minilm), LearnedSelector)
+    auto = build_selector(DialogueSettings(selector="auto"), minilm)
+    assert isinstance(auto, CrossSelector) and auto.judges and auto.detector is not None
+    assert isinstance(build_selector(DialogueSettings(selector="dstc11"), minilm), LearnedSelector)
 
 
 def test_bundled_cross_selector_is_complete():
@@ -193,7 +195,7 @@ def test_bundled_cross_selector_is_complete():
 @pytest.mark.parametrize("detect, answer_at, clarify_at, action, n_sources", [
     (0.0, 1.1, 0.0, "answer", 3),  # retrieval alone would ask back; the selector selects: answer
     (1.01, 0.0, 0.0, "clarify", 0),  # retrieval alone would answer; the selector selects nothing
-    (0.0, 1.1, 1.1, "answer", 3),  # retrieval alone would hand off; the selector grounds it: answer
+    (0.0, 1.1, 1.1, "handoff", 0),  # below clarify_threshold nothing is close: a hand-off, whatever it selects
     (1.01, 1.1, 1.1, "handoff", 0),  # retrieval hands off and the selector selects nothing: still a hand-off
 ])
 def test_pipeline_lets_the_selector_decide(tiny_base, tmp_path, settings, detect, answer_at, clarify_at,

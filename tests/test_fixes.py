@@ -23,8 +23,10 @@ def comps(tmp_path, minilm):
     from bot.components import Components
     from bot.core.settings import Settings
 
+    # The serving defaults on an FAQ site: the FAQ matcher decides (tests/conftest.py turns it off
+    # for the tiny parts of other tests).
     settings = Settings(data_dir=tmp_path / "var", generator={"backend": "extractive"},
-                        index={"reload_interval_s": 0.0})
+                        index={"reload_interval_s": 0.0}, dialogue={"faq_matcher": "default"})
     c = Components(settings, parts={"embedder": minilm, "generator": ScriptedGenerator()})
     c.knowledge.ingest("default", [SAMPLE_FAQ])
     yield c

@@ -113,6 +113,12 @@ class GeneratorSettings(BaseModel):
     # perplexity (bench/generate.py; figures in the README); model = the model's dtype
     # (with decode_dtype = "model": token-for-token generate()); int8 = require int8.
     prefill: str = "auto"
+    # hf backend: a LoRA adapter (peft folder) merged into the weights at load. "default" = the
+    # support-tuned adapter shipped in bot/generators/adapters/support-lora/ (trained by
+    # `supportbot train --recipe training/recipes/support-lora.toml`), applied to the bundled
+    # SmolLM2 only (model = "default"), and the untuned model while none is shipped; "" = the
+    # untuned model; a path = that adapter, on whatever model is configured.
+    adapter: str = "default"
     # openai backend
     base_url: str = "http://127.0.0.1:8000/v1"
     api_key: str = ""
@@ -163,8 +169,8 @@ class DialogueSettings(BaseModel):
     # "" = the rule above; "dstc11-cross" = the bundled cross-encoder (bot/cross_selector.py,
     # which also decides whether to answer), "dstc11" = the bundled MLP (bot/selector.py), a path
     # to one trained by bench/train_cross_selector.py or bench/train_selector.py; "auto" = the
-    # MLP when trained for this embedder (the DSTC11-trained cross-encoder asked back on most
-    # sample-FAQ questions: opt in with "dstc11-cross" for review-style knowledge bases).
+    # cross-encoder when this is the embedder its detector was trained on, else the MLP when
+    # trained for it, else the rule (bot/selection.py build_selector).
     selector: str = "auto"
     # torch threads of one cross-encoder selection (1: two threads thrash on 2 busy cores).
     selector_threads: int = 1
@@ -270,6 +276,8 @@ class TrainingSettings(BaseModel):
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
+    # Modules LoRA wraps (names such as "q_proj"); empty = every linear layer but the output head.
+    lora_target_modules: list[str] = Field(default_factory=list)
     # Merge the LoRA adapter into the base weights on export (a plain folder the hf backend loads).
     merge_lora: bool = True
     max_steps: int = 0  # optimizer steps; 0 means from epochs
