@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,11 +53,20 @@ def cpu() -> dict:
     return {"model": model, "cores": os.cpu_count(), "features": keep}
 
 
+def _gate():
+    """The scoring lives in ``training/answer_gate.py`` (the promotion gate scores with it too);
+    imported on use, from this checkout, so that a worker over another commit's tree never loads
+    this tree's packages."""
+    if str(REPO) not in sys.path:
+        sys.path.append(str(REPO))
+    from training import answer_gate
+
+    return answer_gate
+
+
 def norm(text: str) -> str:
     """Lowercase, typographic quotes and dashes folded, whitespace collapsed."""
-    text = text.lower().replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
-    text = text.replace("\u2013", "-").replace("\u2014", "-").replace("**", "")
-    return re.sub(r"\s+", " ", text).strip()
+    return _gate().norm(text)
 
 
 def sites(built: Path) -> list[dict]:
@@ -132,31 +140,8 @@ def worker(args) -> None:
 
 # ---- scoring -----------------------------------------------------------------------------------
 def score(rows: list[dict]) -> dict:
-    def right(r) -> bool:
-        if r["kind"] == "out_of_scope":
-            return r["decision"] != "answer"
-        reply = norm(r["reply"])
-        return r["decision"] == "answer" and all(norm(e) in reply for e in r["expect"])
-
-    def contradicts(r) -> bool:
-        reply = norm(r["reply"])
-        return r["decision"] == "answer" and any(norm(c) in reply for c in r["contradiction"])
-
-    answerable = [r for r in rows if r["kind"] != "out_of_scope"]
-    traps = [r for r in rows if r["kind"] == "trap"]
-    oos = [r for r in rows if r["kind"] == "out_of_scope"]
-    answered = [r for r in answerable if r["decision"] == "answer"]
-    ttfts = [r["ttft_ms"] for r in rows if r["ttft_ms"] is not None and r["decision"] == "answer"]
-    return {
-        "n": len(rows),
-        "right": round(sum(map(right, answerable)) / len(answerable), 4) if answerable else None,
-        "right_all": round(sum(map(right, rows)) / len(rows), 4) if rows else None,
-        "trap_contradictions": sum(map(contradicts, traps)),
-        "traps": len(traps),
-        "out_of_scope_not_answered": round(sum(map(right, oos)) / len(oos), 4) if oos else None,
-        "direct_share": round(sum(r["model"] == "extractive" for r in answered) / len(answered), 4) if answered else None,
-        "ttft_ms_p50": round(statistics.median(ttfts), 1) if ttfts else None,
-    }
+    """Share right, trap contradictions, ... (``training.answer_gate.score``)."""
+    return _gate().score(rows)
 
 
 CONFIGS = {
@@ -164,6 +149,8 @@ CONFIGS = {
     "current": ("current", {}),
     "extractive": ("current", {"generator": {"backend": "extractive"}}),
     "previous": ("previous", {}),
+    # the DSTC11 cross-encoder as the selector (it decides where the FAQ matcher does not)
+    "cross-selector": ("current", {"dialogue": {"selector": "dstc11-cross"}}),
 }
 
 

@@ -57,7 +57,8 @@ def load_model(base: str, settings: TrainingSettings, method: str):
 
         model = get_peft_model(model, LoraConfig(
             task_type="CAUSAL_LM", r=settings.lora_r, lora_alpha=settings.lora_alpha,
-            lora_dropout=settings.lora_dropout, target_modules="all-linear",
+            lora_dropout=settings.lora_dropout,
+            target_modules=list(settings.lora_target_modules) or "all-linear",
         ))
     return model, tokenizer
 
@@ -135,7 +136,9 @@ def finetune(
         "hyperparameters": {
             **asdict(config), "max_length": settings.max_length, "trainable_params": trainable,
             **({"lora_r": settings.lora_r, "lora_alpha": settings.lora_alpha,
-                "lora_dropout": settings.lora_dropout} if method == "lora" else {}),
+                "lora_dropout": settings.lora_dropout,
+                "lora_target_modules": list(settings.lora_target_modules) or "all-linear"}
+               if method == "lora" else {}),
             "processes": acc.num_processes, "device": str(acc.device), "mixed_precision": trainer.mixed_precision,
             **({"torch_threads": trainer.threads, "cpu": cpu_model_name(), "cpu_features": cpu_features()}
                if acc.device.type == "cpu" else {}),

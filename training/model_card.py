@@ -2,7 +2,10 @@
 
 The card records what is needed to trust and reproduce a model: base model and method, the
 dataset's hash and example counts, the PII replacements made while preparing it, the
-hyper-parameters, the training metrics, and (after ``supportbot promote``) its evaluation.
+hyper-parameters, the training metrics, and (after ``supportbot promote``) its evaluation. A
+model made by a recipe (``supportbot train --recipe``) also records the recipe (path, hash, the
+examples of each source), the machine (CPU model and features, GPU) and the untuned-vs-tuned
+evaluation the recipe asks for.
 """
 from __future__ import annotations
 
@@ -59,6 +62,16 @@ def render_card(card: dict[str, Any]) -> str:
         "",
         _table(metrics),
     ]
+    if card.get("recipe"):
+        recipe = card["recipe"]
+        parts += ["", "## Recipe", "", f"`{recipe.get('path')}` (sha256 {str(recipe.get('sha256', ''))[:12]})"
+                  + (f", limit {recipe['limit']} conversations per source" if recipe.get("limit") else ""), "",
+                  _table({k: json.dumps(v) for k, v in (recipe.get("by_source") or {}).items()})]
+    if card.get("machine"):
+        parts += ["", "## Machine", "", _table({k: ", ".join(v) if isinstance(v, list) else v
+                                                for k, v in card["machine"].items()})]
+    if card.get("wall_seconds") is not None:
+        parts += ["", f"Wall time of the whole run (data, training, evaluation): {card['wall_seconds'] / 60:.1f} min."]
     if card.get("evaluation"):
         parts += ["", "## Evaluation (promotion gate)", "", "```json",
                   json.dumps(card["evaluation"], indent=2), "```"]

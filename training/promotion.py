@@ -6,8 +6,11 @@ dev dialogues and knowledge base) and points ``CURRENT`` at the candidate only w
 ``GATE_METRICS`` (reply ROUGE-L, knowledge-selection F1) drops by more than ``tolerance``.
 With ``regressions`` (the approved fixes, ``bot/fixes.py``) and ``regression_fn`` both models
 also answer every case, and the candidate is refused when it gets fewer right than the serving
-model. ``force`` switches without the comparison. Serving processes follow the pointer
-(``bot.generators.following.FollowingGenerator``).
+model. With ``answer_fn`` both models answer the right-answers benchmark (``training/answer_gate.py``:
+visitors' questions over FAQ sites, traps whose true answer is "no" or "only if"), and the
+candidate is refused when it contradicts more traps or gets a lower share right (beyond
+``answer_tolerance``). ``force`` switches without the comparison. Serving processes follow the
+pointer (``bot.generators.following.FollowingGenerator``).
 """
 from __future__ import annotations
 
@@ -16,13 +19,15 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from bot.core.errors import SupportbotError
+from training.answer_gate import compare_answers
 from training.model_card import read_card, write_card
 from training.registry import ModelRegistry
 
 GATE_METRICS = ("rougeL", "selection_f1")
 REPORTED = ("n", "selection_precision", "selection_recall", "selection_f1", "recall@5", "mrr",
             "bleu", "rouge1", "rouge2", "rougeL", "ttft_ms_p50", "tokens_per_s",
-            "regressions_n", "regressions_right")
+            "regressions_n", "regressions_right", "answers_n", "answers_right", "answers_traps",
+            "answers_trap_contradictions", "answers_out_of_scope_not_answered")
 
 
 @dataclass
@@ -67,6 +72,8 @@ def promote(
     progress: bool = True,
     regressions: Sequence[dict] | None = None,
     regression_fn: Callable[..., dict[str, Any]] | None = None,
+    answer_fn: Callable[..., dict[str, Any]] | None = None,
+    answer_tolerance: float = 0.0,
 ) -> GateResult:
     """Evaluate candidate and serving model on the same dialogues; switch when the gate passes.
 
@@ -76,6 +83,8 @@ def promote(
     ``regression_fn(settings, cases, model=, backend=, progress=)`` returns ``{"regressions_n",
     "regressions_right", ...}`` (``bot.evaluate.run_regressions`` on the bot's knowledge base); with
     regressions the dialogues may be left out.
+    ``answer_fn(settings, model=, backend=, progress=)`` returns ``training.answer_gate.summary`` of
+    the right-answers benchmark with that model writing the replies; not run with ``force``.
     """
     cand_path = registry.resolve(candidate)
     cur = registry.current()
@@ -88,10 +97,12 @@ def promote(
     # whichever model serves, would only dilute the difference).
     gated = settings.model_copy(update={
         "dialogue": settings.dialogue.model_copy(update={"direct_answer_threshold": 2.0})})
+    # The candidate is evaluated as it will be served: its own weights, no adapter on top.
+    cand_settings = gated.model_copy(update={"generator": gated.generator.model_copy(update={"adapter": ""})})
     if regressions:
         if regression_fn is None:
             raise SupportbotError("the promotion gate needs a regression function (regression_fn)")
-        cand = regression_fn(gated, regressions, model=str(cand_path), backend="hf", progress=progress)
+        cand = regression_fn(cand_settings, regressions, model=str(cand_path), backend="hf", progress=progress)
         serv = regression_fn(gated, regressions, model=serving_model,
                              backend="hf" if serving_model else None, progress=progress)
         for key in ("regressions_n", "regressions_right"):
@@ -100,8 +111,15 @@ def promote(
             result.reasons.append(
                 f"regressions: {cand['regressions_right']} of {cand['regressions_n']} fixes answered right, "
                 f"fewer than the serving model's {serv['regressions_right']}")
+    if answer_fn is not None and not force:
+        cand = answer_fn(cand_settings, model=str(cand_path), backend="hf", progress=progress)
+        serv = answer_fn(gated, model=serving_model, backend="hf" if serving_model else None, progress=progress)
+        for key in REPORTED:
+            if key.startswith("answers_"):
+                result.candidate_metrics[key], result.serving_metrics[key] = cand.get(key), serv.get(key)
+        result.reasons.extend(compare_answers(cand, serv, answer_tolerance))
     if kb is None or dialogues is None:
-        if not force and not regressions:
+        if not force and not regressions and answer_fn is None:
             raise SupportbotError("the promotion gate needs --kb and --dialogues (or --force)")
     else:
         if eval_fn is None:
@@ -110,7 +128,7 @@ def promote(
         # Promoted models are served by the hf backend (FollowingGenerator); the configured
         # generator is evaluated as configured.
         result.candidate_metrics.update(
-            eval_fn(gated, kb, dialogues, model=str(cand_path), backend="hf", **common))
+            eval_fn(cand_settings, kb, dialogues, model=str(cand_path), backend="hf", **common))
         result.serving_metrics.update(eval_fn(gated, kb, dialogues, model=serving_model,
                                               backend="hf" if serving_model else None, **common))
         result.reasons = compare(result.candidate_metrics, result.serving_metrics, tolerance) + result.reasons

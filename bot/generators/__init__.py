@@ -21,7 +21,7 @@ def _hf(s: GeneratorSettings, data_dir: Path) -> Generator:
         s.model, data_dir=data_dir, device=s.device, dtype=s.dtype, max_new_tokens=s.max_new_tokens,
         temperature=s.temperature, top_p=s.top_p, repetition_penalty=s.repetition_penalty,
         threads=s.threads, decode_dtype=s.decode_dtype, decode_threads=s.decode_threads,
-        prefill=s.prefill,
+        prefill=s.prefill, adapter=s.adapter,
     )
 
 

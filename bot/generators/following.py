@@ -145,8 +145,9 @@ def following_generator(generator_settings, data_dir: Path, poll_interval_s: flo
     from bot.generators import build_generator
 
     def build(path: Path | None):
+        # A promoted model is served as it was evaluated: its own weights, no adapter on top.
         gs = generator_settings if path is None else generator_settings.model_copy(
-            update={"backend": "hf", "model": str(path)}
+            update={"backend": "hf", "model": str(path), "adapter": ""}
         )
         gen = build_generator(gs, Path(data_dir))
         gen.load()

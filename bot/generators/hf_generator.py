@@ -9,6 +9,12 @@ forward per token in the caller's thread; the lean ``fast_llama`` forward for Ll
 models), not ``generate()``. On x86 CPUs the prompt's prefill runs in int8 matrix products
 (``int8_prefill``, calibrated at load; ``prefill = "model"`` turns it off).
 
+Adapters (``adapter``, see ``resolve_adapter``): a LoRA adapter in peft format is merged into the
+weights at load, in float32 before the cast to the run dtype, so serving runs the plain model at
+the untuned model's speed. ``"default"`` is the support-tuned adapter shipped in
+``bot/generators/adapters/support-lora/`` on the bundled SmolLM2 (the untuned model while none is
+shipped).
+
 Thread safety: one instance serves many threads. Each ``stream`` call owns its cache and sampler;
 every decoding step runs on the generator's one model thread (``decoding.ModelThread``: one
 OpenMP team however many request threads call in; streams interleave per token, in order); the
@@ -17,6 +23,7 @@ state fail ("Already borrowed").
 """
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -31,6 +38,34 @@ from bot.generators.base import (
 )
 
 DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct"
+# The support-tuned LoRA adapter of the bundled SmolLM2, when one is shipped (the recipe
+# training/recipes/support-lora.toml writes it here).
+SHIPPED_ADAPTER = Path(__file__).resolve().parent / "adapters" / "support-lora"
+ADAPTER_CONFIG = "adapter_config.json"
+
+log = logging.getLogger(__name__)
+
+
+def resolve_adapter(adapter: str, model: str, shipped: Path = SHIPPED_ADAPTER) -> Path | None:
+    """The LoRA adapter folder to merge into ``model`` at load, or None for the model as it is.
+
+    ``""`` / ``"none"``: none. ``"default"``: the shipped support adapter, for the bundled model
+    only (``model == "default"``: it was trained on those weights; any other model is served as
+    configured), and None while no adapter is shipped. A path: that adapter (an error when the
+    folder holds no ``adapter_config.json``).
+    """
+    adapter = (adapter or "").strip()
+    if adapter in ("", "none"):
+        return None
+    if adapter == "default":
+        if str(model) != "default":
+            return None
+        return shipped if (shipped / ADAPTER_CONFIG).is_file() else None
+    path = Path(adapter).expanduser()
+    if not (path / ADAPTER_CONFIG).is_file():
+        raise GeneratorError(f"generator.adapter={adapter!r}: not a LoRA adapter folder (no {ADAPTER_CONFIG}); "
+                             "use \"default\", \"\" (the untuned model) or a peft adapter folder")
+    return path
 
 
 def resolve_device(device: str) -> str:
@@ -126,9 +161,14 @@ class HFGenerator(UsageMixin):
         decode_dtype: str = "auto",
         decode_threads: int = 1,
         prefill: str = "auto",
+        adapter: str = "",
     ):
         self.model_name = str(model)
         self.model_id = DEFAULT_MODEL_ID if self.model_name == "default" else self.model_name
+        self.adapter_setting = adapter
+        self.adapter = resolve_adapter(adapter, self.model_name)
+        if self.adapter is not None:
+            self.model_id = f"{self.model_id}+{self.adapter.name}"
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.device_setting, self.dtype_setting = device, dtype
         self.defaults = {
@@ -192,9 +232,16 @@ class HFGenerator(UsageMixin):
             if self.threads > 0 and device == "cpu":
                 torch.set_num_threads(self.threads)
             try:
-                model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+                # With an adapter: merged in float32, then cast (see the module docstring).
+                model = AutoModelForCausalLM.from_pretrained(
+                    path, dtype=torch.float32 if self.adapter is not None else dtype)
             except Exception as exc:
                 raise GeneratorError(f"generator model {path!r}: cannot load ({exc})") from exc
+            if self.adapter is not None:
+                model = self._merge_adapter(model).to(dtype)
+            elif self.adapter_setting == "default" and self.model_name == "default":
+                log.info("no support adapter shipped at %s: serving the untuned %s", SHIPPED_ADAPTER,
+                         DEFAULT_MODEL_ID)
             from bot.generators.decoding import ModelThread, make_runner
 
             model = model.to(device).eval()
@@ -209,6 +256,18 @@ class HFGenerator(UsageMixin):
             self.eos_ids = self._find_eos_ids()
             self._max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         return self
+
+    def _merge_adapter(self, model):
+        """``model`` with the LoRA adapter ``self.adapter`` merged into its weights."""
+        try:
+            from peft import PeftModel
+
+            merged = PeftModel.from_pretrained(model, str(self.adapter)).merge_and_unload()
+        except Exception as exc:  # a wrong base (shapes), a corrupt file: say which adapter
+            raise GeneratorError(f"generator.adapter {str(self.adapter)!r}: cannot be applied to "
+                                 f"{self.model_name!r} ({exc})") from exc
+        log.info("generator %s: adapter %s merged", self.model_name, self.adapter)
+        return merged
 
     def _calibrate_int8(self) -> None:
         """Int8 prefill (``int8_prefill``), calibrated on one float32 prefill of a built-in
