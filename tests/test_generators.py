@@ -508,7 +508,8 @@ def test_build_generator_chooses_the_backend_by_name_and_builds_cheaply(tiny_lm_
     assert isinstance(oa, OpenAIGenerator) and oa.url == "http://h:1/v1/chat/completions"
     assert isinstance(build_generator(GeneratorSettings(backend="extractive"), tmp_path), ExtractiveGenerator)
     default = build_generator(GeneratorSettings(), tmp_path)
-    assert default.model_id == "SmolLM2-135M-Instruct" and default.model is None
+    # the shipped support adapter is applied to the default model (generator.adapter = "default")
+    assert default.model_id == "SmolLM2-135M-Instruct+support-lora" and default.model is None
     assert all(isinstance(g, Generator) for g in (hf_gen, oa, default, ExtractiveGenerator()))
     with pytest.raises(ConfigError, match="model name"):
         build_generator(GeneratorSettings(backend="openai"), tmp_path)
