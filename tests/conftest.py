@@ -102,6 +102,26 @@ def pg_url():
 
 
 @pytest.fixture
+def sqlite_db(tmp_path):
+    """A fresh, migrated SQLite store (one per test)."""
+    from bot.core.store import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'store.db'}")
+    db.migrate()
+    yield db
+    db.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db(request):
+    """The store on SQLite and, where PostgreSQL runs, on PostgreSQL (a test module may define
+    its own ``db``)."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_db")
+    return request.getfixturevalue("pg_database")
+
+
+@pytest.fixture
 def pg_database(pg_url):
     """A fresh, migrated database on the session's PostgreSQL server (one per test)."""
     import uuid

@@ -20,19 +20,6 @@ EMAIL = "alice@example.com"
 PRIVATE = "my order 4411 never came"  # an answered visitor message: never in an export
 
 
-@pytest.fixture
-def sqlite_db(tmp_path):
-    db = Database(f"sqlite:///{tmp_path / 'store.db'}")
-    db.migrate()
-    yield db
-    db.dispose()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db(request):
-    if request.param == "sqlite":
-        return request.getfixturevalue("sqlite_db")
-    return request.getfixturevalue("pg_database")
 
 
 def conversation(s, bot_id, at, status="bot", **fields) -> str:

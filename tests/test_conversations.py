@@ -7,22 +7,8 @@ import pytest
 
 from bot.conversations import ConversationStore
 from bot.core.errors import NotFound, SupportbotError
-from bot.core.store import Database
 
 
-@pytest.fixture
-def sqlite_db(tmp_path):
-    db = Database(f"sqlite:///{tmp_path / 'store.db'}")
-    db.migrate()
-    yield db
-    db.dispose()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db(request):
-    if request.param == "sqlite":
-        return request.getfixturevalue("sqlite_db")
-    return request.getfixturevalue("pg_database")
 
 
 def test_conversation_round_trip(db):

@@ -11,24 +11,10 @@ from sqlalchemy import select, update
 from bot.conversations import ConversationStore
 from bot.core.errors import NotFound, SupportbotError
 from bot.core.settings import HandoffSettings
-from bot.core.store import Database
 from bot.core.store.models import AgentPresence, Conversation, utcnow
 from bot.handoff import HandoffConflict, HandoffDesk, without_request
 
 
-@pytest.fixture
-def sqlite_db(tmp_path):
-    db = Database(f"sqlite:///{tmp_path / 'store.db'}")
-    db.migrate()
-    yield db
-    db.dispose()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db(request):
-    if request.param == "sqlite":
-        return request.getfixturevalue("sqlite_db")
-    return request.getfixturevalue("pg_database")
 
 
 @pytest.fixture
