@@ -9,17 +9,15 @@ dataset of ``tests/test_analytics.py`` (8 conversations over 2024-03-01..03, two
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
 from test_analytics import dataset
-from test_web_browser import require_browser, serving  # noqa: F401 - the same server and browser setup
+from test_web_browser import browser, require_browser, serving  # noqa: F401 - the same server and browser setup
 from web_fixtures import ScriptedGenerator
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
 PASSWORD = "correct horse battery"
 CHARTS = ("chart-conversations", "chart-rates", "chart-feedback")
 # Registered before any page script runs, so a violation by Chart.js or analytics.js is caught.
@@ -54,21 +52,6 @@ def server(tmp_path_factory):
         create_user(info["components"].db, "alice", PASSWORD)
         dataset(info["components"].db)
         yield info
-
-
-@pytest.fixture(scope="module")
-def browser():
-    require_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                  "--disable-background-networking", "--no-first-run"],
-        )
-        yield b
-        b.close()
 
 
 @pytest.fixture

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from test_web_browser import require_browser, serving  # noqa: F401 - the same server and browser setup
+from test_web_browser import browser, require_browser, serving  # noqa: F401 - the same server and browser setup
 from web_fixtures import ScriptedGenerator
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
 PASSWORD = "correct horse battery"
 QUESTION = "How much does shipping cost?"
 REPLY = "Hi, I'm Alice from the team. Orders over $50 ship free; I've upgraded yours to express."
@@ -37,21 +36,6 @@ def server(tmp_path_factory):
 
         create_user(info["components"].db, "alice", PASSWORD)
         yield info
-
-
-@pytest.fixture(scope="module")
-def browser():
-    require_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                  "--disable-background-networking", "--no-first-run"],
-        )
-        yield b
-        b.close()
 
 
 def test_visitor_and_agent_in_two_pages(server, browser):
