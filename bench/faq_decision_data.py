@@ -30,12 +30,7 @@ from tqdm import tqdm  # noqa: E402
 from answer_quality import build_generated_files, norm, sites  # noqa: E402
 from bot.components import Components  # noqa: E402
 from bot.core.settings import Settings  # noqa: E402
-from bot.cross_selector import BUNDLED_CROSS, CrossSelector  # noqa: E402
-
-
-def flat_pair(hit) -> str:
-    kind = hit.doc_type or "passage"
-    return f"entity 1: {hit.entity} | {kind} | {hit.text}"
+from bot.cross_selector import BUNDLED_CROSS, CrossSelector, pair_text  # noqa: E402
 
 
 def main() -> None:
@@ -100,7 +95,7 @@ def features(message, hits, rank, site, part, kind, embedder, crosses, top) -> d
         qv = embedder.embed([message])[0]
         ev = embedder.embed([h.question or h.text for h in faq])
         tv = embedder.embed([h.text for h in faq])
-        logits = {name: cs.logits(message, [flat_pair(h) for h in faq]).tolist() for name, cs in crosses.items()}
+        logits = {name: cs.logits(message, [pair_text(h, 0) for h in faq]).tolist() for name, cs in crosses.items()}
         for j, h in enumerate(faq):
             feats.append({"rank": hits.index(h), "right": rank is not None and hits.index(h) == rank,
                           "question": h.question, "doc_id": h.doc_id,
