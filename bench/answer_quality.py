@@ -151,6 +151,8 @@ CONFIGS = {
     "previous": ("previous", {}),
     # the DSTC11 cross-encoder as the selector (it decides where the FAQ matcher does not)
     "cross-selector": ("current", {"dialogue": {"selector": "dstc11-cross"}}),
+    # the mixture-trained support cross-encoder as the selector
+    "support-selector": ("current", {"dialogue": {"selector": "support"}}),
 }
 
 

@@ -204,6 +204,19 @@ class CrossSelector:
         self.threads = threads
         self._lock = threading.Lock()
 
+    _shared: dict[tuple, "CrossSelector"] = {}
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, path: str | Path, threads: int = 1, embedder=None) -> "CrossSelector":
+        """``load``, once per process for each (folder, threads, embedder model): every bot's
+        selector and the FAQ matcher read the same weights (scoring holds the instance's lock)."""
+        key = (str(Path(path).expanduser().resolve()), threads, getattr(embedder, "model_id", None))
+        with cls._shared_lock:
+            if key not in cls._shared:
+                cls._shared[key] = cls.load(path, threads=threads, embedder=embedder)
+            return cls._shared[key]
+
     @classmethod
     def load(cls, path: str | Path, threads: int = 1, base: str | None = None, embedder=None) -> "CrossSelector":
         """Base model (``base`` or the one ``selector.json`` names) + the LoRA adapter in ``path``,

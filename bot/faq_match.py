@@ -97,7 +97,7 @@ class FAQMatcher:
         if have != meta["embedder"]:
             raise ConfigError(f"{path}: fitted behind embedder {meta['embedder']!r}, the retriever uses {have!r}")
         cross_dir = BUNDLED_CROSS.get(meta["cross"]) or (path.parent / meta["cross"])
-        return cls(meta, CrossSelector.load(cross_dir, threads=threads, embedder=embedder), embedder)
+        return cls(meta, CrossSelector.shared(cross_dir, threads, embedder), embedder)
 
     def probability(self, feats: Sequence[float]) -> float:
         z = float(self.weights @ np.asarray(feats, np.float64)) + self.bias

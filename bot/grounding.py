@@ -7,7 +7,9 @@ sentences as they complete (``SentenceSplitter``) and, for each sentence:
 
 * drops it and stops when it is degenerate (a number loop, an echoed source header or question,
   a repeated sentence: ``bot.checking.degenerate``);
-* shows it when ``checker.supports(source texts, sentence) >= checker.threshold``;
+* shows it when ``checker.supports(source texts, sentence) >= checker.threshold``; a bare yes or
+  no ("Yes, we do.") is checked as the visitor's question followed by it, since that is what it
+  asserts ("do you rent tandem bikes? Yes, we do." against "we rent city bikes and e-bikes");
 * otherwise stops the model there (``rejected`` says why).
 
 When nothing could be shown, the reply falls back to the sources' own words: ``fallback_intro``
@@ -21,6 +23,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from bot.checker import Checker, DegenerateGuard, SentenceSplitter, split_sentences
+from bot.checking.text import bare_answer
 from bot.generators.extractive_generator import unwrap
 from retrieval.types import Hit
 
@@ -91,7 +94,10 @@ class GroundedReply(Iterator[str]):
         reason = guard.check(sentence)
         if reason is not None:
             return reason
-        score = self.checker.supports(self._texts, sentence)
+        claim = sentence
+        if self.question and bare_answer(sentence):  # "Yes, we do." asserts the question's own words
+            claim = f"{self.question.strip()} {sentence}"
+        score = self.checker.supports(self._texts, claim)
         return None if score >= self.checker.threshold else f"unsupported ({score:.2f})"
 
     def _run(self) -> Iterator[str]:

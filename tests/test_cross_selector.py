@@ -162,7 +162,7 @@ def test_loading_errors_name_the_problem(tiny_base, tmp_path):
 def test_build_selector_dispatches_folders_and_auto_checks_the_embedder(tiny_base, tmp_path):
     from bot.core.settings import DialogueSettings
     from bot.mlp_selector import BUNDLED, LearnedSelector
-    from bot.selection import RuleSelector, build_selector
+    from bot.selection import PoolKindSelector, RuleSelector, build_selector
     from retrieval.embedder import HashingEmbedder
 
     path = write_cross(tmp_path / "s", tiny_base, embedder="hashing-v1-64")
@@ -172,13 +172,42 @@ def test_build_selector_dispatches_folders_and_auto_checks_the_embedder(tiny_bas
         build_selector(DialogueSettings(selector=str(path)), HashingEmbedder(32))
     # the bundled MLP is for MiniLM: with another embedder, "auto" is the rule
     assert isinstance(build_selector(DialogueSettings(selector="auto"), HashingEmbedder(64)), RuleSelector)
-    # For the MiniLM embedder, "auto" is the DSTC11-trained cross-encoder (the FAQ matcher decides
-    # where the top hit is an FAQ entry); the MLP stays one name away.
+    # For the MiniLM embedder, "auto" is a cross-encoder per kind of knowledge base: the
+    # mixture-trained support one (pair detector) for entity pools, the DSTC11 one for flat pools
+    # (the FAQ matcher decides where the top hit is an FAQ entry); the MLP stays one name away.
     with np.load(BUNDLED["dstc11"]) as data:
         minilm = type("MiniLM", (), {"model_id": json.loads(str(data["meta"]))["embedder"]})()
     auto = build_selector(DialogueSettings(selector="auto"), minilm)
-    assert isinstance(auto, CrossSelector) and auto.judges and auto.detector is not None
+    assert isinstance(auto, PoolKindSelector) and auto.judges and auto.pool == 50
+    entity, flat = auto.by_kind["entity"], auto.by_kind["flat"]
+    assert entity.pair_detector is not None and flat.detector is not None
+    assert entity is build_selector(DialogueSettings(selector="support"), minilm), "one copy of the weights"
     assert isinstance(build_selector(DialogueSettings(selector="dstc11"), minilm), LearnedSelector)
+
+
+def test_pool_kind_selector_routes_each_turn_by_the_pool_kind():
+    from bot.selection import PoolKindSelector, Selection
+
+    class Named:
+        judges = True
+
+        def __init__(self, name, pool):
+            self.name, self.pool, self.seen = name, pool, []
+
+        def select(self, message, hits, k, turns=()):
+            self.seen.append(message)
+            return Selection(list(hits)[:1], True, [0.9])
+
+    entity, flat = Named("entity", 50), Named("flat", 30)
+    sel = PoolKindSelector({"entity": entity, "flat": flat})
+    assert sel.pool == 50 and sel.judges
+    hotel = Hit(1, "h#1", "Parking", "Parking is free.", 1.0, 0.8, metadata={"entity_name": "Alpha Hotel"})
+    faq = Hit(2, "faq#1", "Returns", "Returns within 30 days.", 1.0, 0.8)
+    assert sel.select("is parking free?", [hotel], 3).passages == [hotel]
+    assert sel.select("can I return it?", [faq], 3).passages == [faq]
+    assert entity.seen == ["is parking free?"] and flat.seen == ["can I return it?"]
+    with pytest.raises(ValueError, match="'entity' and a 'flat'"):
+        PoolKindSelector({"flat": flat})
 
 
 def test_bundled_cross_selector_is_complete():

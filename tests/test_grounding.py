@@ -73,6 +73,22 @@ def test_a_changed_number_after_a_supported_sentence_ends_the_reply_there(checke
     assert reply.rejected[0] == "Refunds reach your card within 2 hours." and not reply.fell_back
 
 
+SHOP = Hit(3, "about.md", "About", "PedalPoint rents city bikes, e-bikes and kids' bikes from our shop "
+           "at 14 Harbour Lane. We are open every day from 9 am to 7 pm.", 1.0, 0.6)
+
+
+def test_a_bare_yes_is_checked_as_the_question_it_answers(checker):
+    """"Yes, we do." has no words of its own: alone it passes any source; read with the question it
+    answers, a yes to something the sources do not name is not shown."""
+    assert checker.supports([SHOP.text], "Yes, we do.") >= checker.threshold  # why the question is needed
+    text, reply, _ = run(["Yes, we do."], [SHOP], checker, question="do you rent tandem bikes?")
+    assert reply.rejected == ("Yes, we do.", reply.rejected[1]) and reply.rejected[1].startswith("unsupported")
+    assert reply.fell_back and "Yes" not in text and "city bikes, e-bikes and kids' bikes" in text
+    text, reply, _ = run(["Yes, we do. ", "We rent city bikes, e-bikes and kids' bikes [1]."], [SHOP], checker,
+                         question="what bikes can I rent, city bikes and e-bikes?")
+    assert reply.rejected is None and text.startswith("Yes, we do.")
+
+
 @pytest.mark.parametrize("pieces", [
     ["1. 1. 1. 2. 3. 4. 5. 6. 7. 8."],
     ["[1] Returns: Can I return used gear?\n"],

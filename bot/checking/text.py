@@ -178,6 +178,12 @@ def opens_no(text: str) -> bool:
     return bool(NO_OPENERS.match(clean(text)))
 
 
+def bare_answer(text: str) -> bool:
+    """A yes or no with nothing of its own to check ("Yes, we do.", "No, you can't."): what it
+    asserts is the question it answers, so it is checked together with that question."""
+    return (opens_yes(text) or opens_no(text)) and not content_tokens(text)
+
+
 def is_filler(text: str) -> bool:
     """Conversational filler with nothing to check: a known opener and no quantity, or only
     filler words. ("I hope this helps!", "Let me know if you have other questions.")"""
