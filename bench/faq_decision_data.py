@@ -3,10 +3,13 @@
 For every question: the retriever's hits (the pipeline's own ``retrieve``), the rank of the
 question's expected FAQ entry among them (None for out-of-scope questions and for misses), and
 per FAQ hit of the first ``--top``: its fused score, its cosine with the question (the question
-side and the whole entry), and the logit of each bundled cross-encoder on the (question, entry)
-pair. Written as JSON lines for ``bench/fit_faq_decision.py``.
+side, the whole entry and the closest answer sentence), and the logit of each bundled
+cross-encoder on the (question, entry) pair. Questions are each company's ``questions.json`` (the
+answer benchmark's) and, where there is one, its ``paraphrases.json`` (more written visitor
+questions: three per entry and near-miss out-of-scope ones; the fit companies have them), and
+StackFAQ dev. Written as JSON lines for ``bench/fit_faq_match.py``.
 
-    nice python bench/faq_decision_data.py --out var/bench/faq_decision.jsonl
+    nice python bench/faq_decision_data.py --top 8 --out var/bench/faq_decision.jsonl
 """
 from __future__ import annotations
 
@@ -27,10 +30,11 @@ sys.path.insert(0, str(REPO / "bench"))
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from answer_quality import build_generated_files, norm, sites  # noqa: E402
+from answer_quality import CORPUS, build_generated_files, norm, sites  # noqa: E402
 from bot.components import Components  # noqa: E402
 from bot.core.settings import Settings  # noqa: E402
 from bot.cross_selector import BUNDLED_CROSS, CrossSelector, pair_text  # noqa: E402
+from bot.faq_match import answer_sentences  # noqa: E402
 
 
 def main() -> None:
@@ -40,6 +44,8 @@ def main() -> None:
     ap.add_argument("--cross", default="support")
     ap.add_argument("--stackfaq", type=Path, default=REPO.parent / "shared" / "data" / "stackfaq",
                     help="also StackFAQ dev (its threads split as the cross-encoder's selector.json says)")
+    ap.add_argument("--no-paraphrases", dest="paraphrases", action="store_false",
+                    help="only the benchmark's questions.json (not the companies' paraphrases.json)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="faqdec-", dir=REPO / "var"))
     build_generated_files(work)
@@ -56,12 +62,16 @@ def main() -> None:
             if report.errors:
                 raise SystemExit(f"{site['name']}: {report.errors}")
             pipeline = comps.pipeline(bot)
-            for q in tqdm(site["questions"], desc=site["name"], unit="q"):
+            questions = [{**q, "source": "benchmark"} for q in site["questions"]]
+            extra = CORPUS / site["name"] / "paraphrases.json"
+            if args.paraphrases and extra.is_file():  # more written questions (bench/faq_corpus/README.md)
+                questions += [{**q, "source": "paraphrase"} for q in json.loads(extra.read_text())["questions"]]
+            for q in tqdm(questions, desc=site["name"], unit="q"):
                 hits = pipeline.retrieve(q["q"], [])
                 want = norm(q.get("entry", "")) if q["kind"] != "out_of_scope" else None
                 rank = next((i for i, h in enumerate(hits) if want and norm(h.question or h.title or "") == want), None)
-                fh.write(json.dumps(features(q["q"], hits, rank, site["name"], site["part"], q["kind"],
-                                             embedder, crosses, args.top)) + "\n")
+                row = features(q["q"], hits, rank, site["name"], site["part"], q["kind"], embedder, crosses, args.top)
+                fh.write(json.dumps({**row, "source": q["source"]}) + "\n")
         if args.stackfaq.is_dir():
             stackfaq(args, settings, embedder, crosses, fh)
 
@@ -95,11 +105,19 @@ def features(message, hits, rank, site, part, kind, embedder, crosses, top) -> d
         qv = embedder.embed([message])[0]
         ev = embedder.embed([h.question or h.text for h in faq])
         tv = embedder.embed([h.text for h in faq])
+        sentences = [answer_sentences(h.faq_answer) for h in faq]
+        flat = [x for ss in sentences for x in ss]
+        sv = embedder.embed(flat) if flat else np.zeros((0, len(qv)), np.float32)
+        cos_s, at = [], 0
+        for ss in sentences:
+            cos_s.append(float(np.max(sv[at:at + len(ss)] @ qv)) if ss else 0.0)
+            at += len(ss)
         logits = {name: cs.logits(message, [pair_text(h, 0) for h in faq]).tolist() for name, cs in crosses.items()}
         for j, h in enumerate(faq):
             feats.append({"rank": hits.index(h), "right": rank is not None and hits.index(h) == rank,
                           "question": h.question, "doc_id": h.doc_id,
                           "score": float(h.score), "cos_q": float(qv @ ev[j]), "cos_t": float(qv @ tv[j]),
+                          "cos_s": cos_s[j],
                           **{f"x_{n}": logits[n][j] for n in logits}})
     return {"site": site, "part": part, "kind": kind, "q": message, "rank": rank, "n_hits": len(hits),
             "confidence": float(hits[0].confidence) if hits else 0.0,

@@ -124,6 +124,24 @@ def test_benchmark_questions_point_at_entries_and_facts_of_the_company(company, 
                      {"in_scope": 8, "trap": 3, "out_of_scope": 3})
 
 
+def test_fit_companies_have_paraphrases_only_they_and_of_every_entry(corpus_files):
+    """The FAQ matcher's extra fit material: three written questions per entry of each fit
+    company, out-of-scope ones too; a held-out company has none (it would be fitted on)."""
+    split = json.loads((CORPUS / "split.json").read_text())
+    for company in COMPANIES:
+        path = CORPUS / company / "paraphrases.json"
+        if split[company] != "fit":
+            assert not path.exists(), company
+            continue
+        answers = {s.question: s.answer for s in faq_entries(corpus_files[company])}
+        _check_questions(path, answers, {"in_scope": 3 * len(answers), "out_of_scope": 5})
+        written = json.loads(path.read_text())["questions"]
+        asked = [q["entry"] for q in written if q["kind"] == "in_scope"]
+        assert all(asked.count(entry) == 3 for entry in answers), company
+        benchmark = {q["q"].casefold() for q in json.loads((CORPUS / company / "questions.json").read_text())["questions"]}
+        assert not benchmark & {q["q"].casefold() for q in written}, "never the benchmark's own questions"
+
+
 def test_sample_faq_benchmark_questions():
     answers = {s.question: s.answer for f in sorted((ROOT / "samples" / "faq").iterdir())
                for s in faq_entries(f)}

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.faq_match import FEATURES, MATCH_FILE, NO_RIVAL, FAQMatcher, features_from, load_matcher
+from bot.faq_match import (FEATURES, MATCH_FILE, NO_RIVAL, FAQMatcher, answer_sentences, features_from,
+                           load_matcher)
 from bot.policy import ANSWER, CLARIFY, DIRECT, HANDOFF, Decision, with_match
 
 REPO = Path(__file__).resolve().parent.parent
@@ -20,14 +21,20 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_rivals_are_entries_with_another_question():
     # two answers to one question (as on StackFAQ) do not compete: the margin is to the third
-    items = [(3.0, "How do I reset my password?", 0.8, 2.0),
-             (2.9, "how do I reset my password", 0.8, 1.5),
-             (1.0, "Can I change my email?", 0.3, -3.0)]
-    margin, cos_q, cross, cross_margin = features_from(items)
+    items = [(3.0, "How do I reset my password?", 0.8, 0.7, 0.6, 2.0),
+             (2.9, "how do I reset my password", 0.8, 0.6, 0.5, 1.5),
+             (1.0, "Can I change my email?", 0.3, 0.2, 0.4, -3.0)]
+    margin, cos_q, cos_t, cos_s, cross, cross_margin = features_from(items)
     assert margin == pytest.approx(2.0) and cos_q == pytest.approx(0.8)
+    assert (cos_t, cos_s) == (pytest.approx(0.7), pytest.approx(0.6))
     assert cross == pytest.approx(2.0) and cross_margin == pytest.approx(5.0)
     alone = features_from(items[:2])
-    assert alone[0] == NO_RIVAL and alone[3] == NO_RIVAL
+    assert alone[0] == NO_RIVAL and alone[5] == NO_RIVAL
+
+
+def test_answer_sentences_are_what_cos_s_reads():
+    assert answer_sentences("Yes. Refunds take 5 days.\nCall us on 555-0100 any day!") == [
+        "Refunds take 5 days.", "Call us on 555-0100 any day!"]
 
 
 @pytest.mark.parametrize("p, action, reason", [
