@@ -39,6 +39,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -52,6 +54,7 @@ from retrieval.types import Hit
 MATCH_FILE = Path(__file__).with_name("selectors") / "faq-match.json"
 FEATURES = ["margin", "cos_q", "cos_t", "cos_s", "cross", "cross_margin"]
 TOP = 8  # FAQ hits read (the retriever's order); the features need the top one and its rivals
+CACHE = 16384  # vectors of entry texts kept (questions, entries, answer sentences: ~5 per entry)
 NO_RIVAL = 4.0  # a margin when no other entry was retrieved: clearly ahead
 
 
@@ -97,6 +100,26 @@ class FAQMatcher:
         self.cross = cross
         self.embedder = embedder
         self.meta = meta
+        # An entry's question, text and answer sentences are the same on every turn: embedded once
+        # (about 40 texts a turn otherwise, most of a direct reply's time on 2 cores).
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors of entry ``texts``, from the cache where it has them."""
+        with self._lock:
+            found = {t: self._vectors[t] for t in texts if t in self._vectors}
+            for text in found:
+                self._vectors.move_to_end(text)
+        missing = list(dict.fromkeys(t for t in texts if t not in found))
+        if missing:
+            found.update(zip(missing, self.embedder.embed(missing)))
+            with self._lock:
+                for text in missing:
+                    self._vectors[text] = found[text]
+                while len(self._vectors) > CACHE:
+                    self._vectors.popitem(last=False)
+        return np.asarray([found[t] for t in texts], np.float32)
 
     @classmethod
     def load(cls, path: str | Path, embedder, threads: int = 1) -> "FAQMatcher":
@@ -125,10 +148,10 @@ class FAQMatcher:
         if not faq:
             return None
         sentences = [answer_sentences(h.faq_answer) for h in faq]
-        texts = [message] + [h.question or h.text for h in faq] + [h.text for h in faq]
-        vectors = self.embedder.embed(texts + [x for ss in sentences for x in ss])
         n = len(faq)
-        cos = vectors[1:] @ vectors[0]
+        query = self.embedder.embed([message])[0]
+        cos = self._embed([h.question or h.text for h in faq] + [h.text for h in faq]
+                          + [x for ss in sentences for x in ss]) @ query
         cos_q, cos_t, cos_sent = cos[:n], cos[n:2 * n], cos[2 * n:]
         cos_s, at = [], 0
         for ss in sentences:  # the answer sentence closest to the message

@@ -24,7 +24,7 @@ import numpy as np
 
 from bot.checker import Checker, DegenerateGuard, SentenceSplitter, split_sentences
 from bot.checking.text import bare_answer
-from bot.generators.extractive_generator import unwrap
+from bot.generators.extractive_generator import quoted_answer
 from retrieval.types import Hit
 
 MAX_FALLBACK_SENTENCES = 3
@@ -45,7 +45,7 @@ def fallback_text(source: Hit, question: str, embed: Callable[[Sequence[str]], n
     sentences of the passage most similar to the question, in the passage's order."""
     answer = source.faq_answer
     if answer:
-        words = unwrap(answer).strip()
+        words = quoted_answer(source, answer).strip()
     else:
         sentences = [s.strip() for s in split_sentences(str(source.text or "")) if s.strip()]
         if len(sentences) > MAX_FALLBACK_SENTENCES and embed is not None:

@@ -105,3 +105,25 @@ def test_a_clarifying_question_offers_the_chosen_topics_only(sample_bot):
     text, offered = sample_bot.clarify(hits, [faq[2]])
     assert offered == [faq[2]] and f"\u201c{faq[2].question}\u201d" in text
     assert faq[0].question not in text
+
+
+def test_entry_texts_are_embedded_once_and_the_verdict_is_the_same(sample_bot):
+    class Counting:
+        def __init__(self, inner):
+            self.inner, self.model_id, self.texts = inner, inner.model_id, 0
+
+        def embed(self, texts):
+            self.texts += len(texts)
+            return self.inner.embed(texts)
+
+    bundled = sample_bot.matcher
+    counting = Counting(bundled.embedder)
+    matcher = FAQMatcher(bundled.meta, bundled.cross, counting)
+    message = "when do you take the money from my card"
+    hits = sample_bot.retrieve(message, [])
+    first = matcher.match(message, hits)
+    cold = counting.texts
+    again = matcher.match(message, hits)
+    assert cold > 10 and counting.texts - cold == 1, "only the visitor's message is embedded again"
+    assert again.entry.question == first.entry.question == bundled.match(message, hits).entry.question
+    assert again.probability == pytest.approx(first.probability, abs=1e-5)

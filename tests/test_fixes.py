@@ -98,7 +98,8 @@ def test_a_written_fix_is_a_curated_entry_paraphrases_are_answered_from(comps, f
     for question in ("Do you offer gift wrapping?", "can you wrap my order as a present?"):
         new, meta, text = ask(comps, question)
         assert (meta["decision"], meta["model"]) == ("answer", "extractive"), question
-        assert text.strip() == GIFT + " [1]"
+        # the fix's answer opens with "Yes": shown after the question it answers
+        assert text.strip() == f"**Do you offer gift wrapping?** {GIFT} [1]"
         [reply] = [m for m in comps.conversations.history(new) if m["role"] == "bot"]
         assert reply["sources"][0]["doc_id"] == fix["document"]
 
@@ -165,4 +166,4 @@ def test_drafts_from_resolved_conversations_skip_what_is_covered(comps, fixes, m
     fix = fixes.approve("default", draft_id, answer=GIFT)
     assert fix["status"] == "approved" and fix["answer"] == GIFT
     _, meta, text = ask(comps, "can you wrap my order as a present?")
-    assert meta["decision"] == "answer" and text.strip() == fix["answer"] + " [1]"
+    assert meta["decision"] == "answer" and text.strip() == f"**{fix['question']}** {fix['answer']} [1]"

@@ -479,6 +479,20 @@ def test_extractive_prefers_the_best_faq_source_and_reads_dict_sources():
     assert gen.stream(PROMPTS[0], sources=[passage.to_dict()]).text() == "Our warehouse ships from Lyon. [1]"
 
 
+def test_an_faq_answer_that_opens_with_yes_or_no_is_shown_after_its_question():
+    """Quoted alone, "Yes, in Bend only: we rent tents ..." reads as a yes to whatever was asked."""
+    gen = ExtractiveGenerator()
+    rent = _hit(1, "Do you rent camping gear?\nYes, in Bend only: we rent tents and sleeping bags.",
+                question="Do you rent camping gear?", answer="Yes, in Bend only: we rent tents and sleeping bags.")
+    assert gen.stream(PROMPTS[0], sources=[rent]).text() == (
+        "**Do you rent camping gear?** Yes, in Bend only: we rent tents and sleeping bags. [1]")
+    as_dict = {"kind": "faq", "question": "Is there a fee?", "answer": "No, never.", "text": "", "metadata": {}}
+    assert gen.stream(PROMPTS[0], sources=[as_dict]).text() == "**Is there a fee?** No, never. [1]"
+    plain = _hit(2, "How long do refunds take?\nRefunds take 5 days.", question="How long do refunds take?",
+                 answer="Refunds take 5 days. No receipt is needed.")
+    assert gen.stream(PROMPTS[0], sources=[plain]).text() == "Refunds take 5 days. No receipt is needed. [1]"
+
+
 def test_extractive_joins_a_help_pages_hard_wrapped_lines_but_keeps_lists_and_paragraphs():
     answer = ("Standard shipping arrives in 3-5 days,\nExpedited in 2.\n\nTo return:\n- sign in\n"
               "- open **Orders**\n1. print the label  \nthen ship it")

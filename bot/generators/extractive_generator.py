@@ -7,6 +7,12 @@ no source is an FAQ entry, the top source's text, followed by its citation ``[n]
 position in ``sources``, so citations map back exactly as they do for generated replies); a help
 page's hard-wrapped lines are joined into paragraphs (``unwrap``). With
 no sources the reply is ``dont_know``. It streams in word pieces like a model would.
+
+An FAQ answer that opens with a yes or a no answers its own question, not necessarily the
+visitor's: quoted alone to "can my scout troop order 40 sleeping bags at a bulk price", "Yes, in
+Bend, Oregon only: our store rents tents, sleeping bags ..." reads as a yes to a bulk price. Such an
+answer is shown after its question in bold (``**Do you rent camping gear?** Yes, ...``), so the
+reply says which question the yes is to.
 """
 from __future__ import annotations
 
@@ -33,18 +39,40 @@ def _get(source: Any, name: str, default: Any = None) -> Any:
     return getattr(source, name, default)
 
 
+def _as_hit(source: Any) -> Hit:
+    """A ``Hit``, or a mapping of its fields (where ``kind``, ``answer`` and ``question`` may also
+    sit at the top level) as one."""
+    if isinstance(source, Hit):
+        return source
+    meta = dict(_get(source, "metadata") or {})
+    for name in ("kind", "answer", "question"):
+        if _get(source, name) and not meta.get(name):
+            meta[name] = _get(source, name)
+    return Hit(0, str(_get(source, "doc_id") or ""), str(_get(source, "title") or ""),
+               str(_get(source, "text") or ""), 0.0, 0.0, metadata=meta)
+
+
 def faq_answer(source: Any) -> str | None:
-    """The answer part of an FAQ source (a ``Hit``, or a mapping of its fields, where ``kind``
-    and ``answer`` may also sit at the top level), or ``None`` when it is not an FAQ entry
+    """The answer part of an FAQ source (``_as_hit``), or ``None`` when it is not an FAQ entry
     (``Hit.faq_answer`` is the rule)."""
-    if not isinstance(source, Hit):
-        meta = dict(_get(source, "metadata") or {})
-        for name in ("kind", "answer"):
-            if _get(source, name) and not meta.get(name):
-                meta[name] = _get(source, name)
-        source = Hit(0, str(_get(source, "doc_id") or ""), str(_get(source, "title") or ""),
-                     str(_get(source, "text") or ""), 0.0, 0.0, metadata=meta)
-    return source.faq_answer
+    return _as_hit(source).faq_answer
+
+
+_YES_NO = re.compile(r"^\W*(?:yes|no)\b", re.IGNORECASE)
+
+
+def entry_question(source: Any) -> str:
+    """The question of an FAQ source ("" when it has none)."""
+    return str(_as_hit(source).question or "")
+
+
+def quoted_answer(source: Any, answer: str) -> str:
+    """``answer`` as the reply shows it: after its question in bold when it opens with yes/no."""
+    text = unwrap(answer)
+    question = " ".join(entry_question(source).replace("*", "").split())
+    if question and _YES_NO.match(text):
+        return f"**{question}** {text}"
+    return text
 
 
 _LIST_ITEM = re.compile(r"\s*(?:[-*+]|\d{1,3}[.)])\s")
@@ -71,7 +99,7 @@ def extract_reply(sources: Sequence[Any], dont_know: str = DONT_KNOW) -> str:
     for n, source in enumerate(sources, start=1):
         answer = faq_answer(source)
         if answer:
-            return f"{unwrap(answer)} [{n}]"
+            return f"{quoted_answer(source, answer)} [{n}]"
     text = str(_get(sources[0], "text") or "").strip()
     return f"{text} [1]" if text else dont_know
 
