@@ -192,6 +192,8 @@ def test_recipe_trains_a_step_evaluates_and_installs_the_adapter(run, data, tiny
     assert card["recipe"]["by_source"]["faq"]["train_examples"] + card["recipe"]["by_source"]["faq"]["dev_examples"] == 4
     assert card["hyperparameters"]["lora_r"] == 4 and card["hyperparameters"]["lora_target_modules"] == ["q_proj", "v_proj"]
     assert card["machine"]["cpu"] and card["metrics"]["train_seconds"] > 0
+    # the card ships with the adapter: no path of this machine, only ones relative to the recipe's root
+    assert (card["recipe"]["path"], card["data"]["path"]) == ("recipe.toml", "work/dataset")
     for label in ("untuned", "tuned"):
         figures = card["evaluation"][label]
         assert figures["dialogues"]["n"] >= 2 and "rougeL" in figures["dialogues"]

@@ -256,6 +256,14 @@ def train(ctx, recipe, dataset, base, out, method, epochs, max_steps, lr, batch_
         click.echo(_train_line(out, card))
 
 
+def _relative(path, root) -> str:
+    """``path`` relative to ``root`` when it lies inside it, else as given."""
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def _train_line(out, card) -> str:
     m = card["metrics"]
     dev = (f"dev loss {m['dev_loss_before']:.4f} -> {m['dev_loss_best']:.4f} (best)"
@@ -472,6 +480,10 @@ def _train_recipe(ctx, recipe_path, base, out, overrides, max_length, mixed_prec
     if evaluate:
         card["evaluation"] = _evaluate_recipe(ctx, recipe, base, recipe.model_dir, method, eval_limit)
     card["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    # The card ships with the adapter: paths inside the recipe's root are written relative to it.
+    card["recipe"]["path"] = _relative(recipe.path, recipe.root)
+    if isinstance(card.get("data"), dict) and card["data"].get("path"):
+        card["data"]["path"] = _relative(card["data"]["path"], recipe.root)
     write_card(recipe.model_dir, card)
     if install and recipe.install is not None and method == "lora":
         dest = install_adapter(recipe.model_dir, recipe.install, recipe.max_adapter_mb,
