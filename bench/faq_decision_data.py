@@ -115,7 +115,7 @@ def features(message, hits, rank, site, part, kind, embedder, crosses, top) -> d
         logits = {name: cs.logits(message, [pair_text(h, 0) for h in faq]).tolist() for name, cs in crosses.items()}
         for j, h in enumerate(faq):
             feats.append({"rank": hits.index(h), "right": rank is not None and hits.index(h) == rank,
-                          "question": h.question, "doc_id": h.doc_id,
+                          "question": h.question, "doc_id": h.doc_id, "answer": h.faq_answer,
                           "score": float(h.score), "cos_q": float(qv @ ev[j]), "cos_t": float(qv @ tv[j]),
                           "cos_s": cos_s[j],
                           **{f"x_{n}": logits[n][j] for n in logits}})

@@ -14,7 +14,11 @@ sentences as they complete (``SentenceSplitter``) and, for each sentence:
 
 When nothing could be shown, the reply falls back to the sources' own words: ``fallback_intro``
 and the top source's answer (an FAQ entry's own answer, or the sentences of a passage closest to
-the question), cited ``[1]``. What was shown is what the dialogue manager stores.
+the question), cited ``[1]``. When the top source is a guest's review (``metadata["doc_type"] ==
+"review"``, as in an entity knowledge base), the reply quotes up to three of the selected reviews
+of that entity, each cited, after ``review_intro`` ("Here is what guests wrote about Avalon:"): a
+review is one visitor's opinion, never what the help center says. What was shown is what the
+dialogue manager stores.
 """
 from __future__ import annotations
 
@@ -57,16 +61,53 @@ def fallback_text(source: Hit, question: str, embed: Callable[[Sequence[str]], n
     return f"{intro}\n\n{words} [1]" if intro else f"{words} [1]"
 
 
+def is_review(hit: Hit) -> bool:
+    return (hit.metadata or {}).get("doc_type") == "review"
+
+
+def entity_label(hit: Hit) -> str:
+    """The entity a passage is about, as a visitor would write it ("AVALON" -> "Avalon")."""
+    name = str((hit.metadata or {}).get("entity_name") or hit.title or "").strip()
+    return name.title() if name.isupper() else name
+
+
+def _review_sentence(hit: Hit) -> str:
+    """A review passage without the entity header line its chunk text starts with."""
+    lines = [ln.strip() for ln in str(hit.text or "").splitlines() if ln.strip()]
+    header = {str(hit.title or "").strip().lower(), str((hit.metadata or {}).get("entity_name") or "").strip().lower()}
+    while len(lines) > 1 and lines[0].lower() in header:
+        lines = lines[1:]
+    return " ".join(lines)
+
+
+def review_fallback_text(sources: Sequence[Hit], intro: str) -> str:
+    """Up to three selected reviews of the top source's entity, quoted and cited by their place in
+    ``sources`` (``intro`` may name the entity as ``{entity}``)."""
+    top = sources[0]
+    key = (top.metadata or {}).get("entity_id"), entity_label(top)
+    quoted = []
+    for i, hit in enumerate(sources, start=1):
+        if is_review(hit) and ((hit.metadata or {}).get("entity_id"), entity_label(hit)) == key:
+            sentence = _review_sentence(hit)
+            if sentence:
+                quoted.append(f"\u201c{sentence}\u201d [{i}]")
+        if len(quoted) == MAX_FALLBACK_SENTENCES:
+            break
+    head = intro.replace("{entity}", key[1] or "it") if intro else ""
+    return f"{head}\n\n{' '.join(quoted)}" if head else " ".join(quoted)
+
+
 class GroundedReply(Iterator[str]):
     """The supported sentences of a generated reply, or the sources' own words (module docstring)."""
 
     def __init__(self, pieces: Iterator[str], sources: Sequence[Hit], question: str, checker: Checker,
                  intro: str, embed: Callable[[Sequence[str]], np.ndarray] | None = None,
-                 close: Callable[[], None] | None = None):
+                 close: Callable[[], None] | None = None, review_intro: str = ""):
         self.sources = list(sources)
         self.question = question
         self.checker = checker
         self.intro = intro
+        self.review_intro = review_intro
         self.embed = embed
         self._pieces = pieces
         self._close = close
@@ -124,4 +165,7 @@ class GroundedReply(Iterator[str]):
             self._close()  # stop generating: nothing after an unsupported sentence is shown
         if self.rejected is not None and self.shown == 0 and self.sources:
             self.fell_back = True
-            yield fallback_text(self.sources[0], self.question, self.embed, self.intro)
+            if is_review(self.sources[0]) and review_fallback_text(self.sources, ""):
+                yield review_fallback_text(self.sources, self.review_intro)
+            else:
+                yield fallback_text(self.sources[0], self.question, self.embed, self.intro)

@@ -204,7 +204,7 @@ class TurnPipeline:
         if self.checker is not None:
             shown = GroundedReply(shown, plan.sources, message, self.checker, self.settings.fallback_intro,
                                   embed=self.embedder.embed if self.embedder is not None else None,
-                                  close=stream.close)
+                                  close=stream.close, review_intro=self.settings.review_intro)
         return ReplyStream(generator, messages, stream, shown)
 
     def model_id(self, plan: Plan) -> str:

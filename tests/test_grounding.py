@@ -141,3 +141,23 @@ def test_the_dialogue_stores_what_was_shown(settings, minilm):
     stored = comps.conversations.history(cid)[1]
     assert stored["text"] == reply and stored["complete"] is True
     assert [e.type for e in events][-2:] == ["sources", "done"]
+
+
+def _review(chunk_id, entity, entity_id, sentence):
+    return Hit(chunk_id, f"hotel:{entity_id}:review:{chunk_id}", entity, f"{entity}\n{sentence}", 1.0, 0.6,
+               metadata={"entity_name": entity, "entity_id": entity_id, "doc_type": "review"})
+
+
+def test_an_unsupported_reply_over_reviews_quotes_the_guests_not_the_help_center():
+    """A review is one guest's opinion: the fallback quotes the selected reviews of the top
+    entity (without their header line), each cited by its place, never as the help center's word."""
+    sources = [_review(1, "AVALON", "7", "The room was spotless."),
+               _review(2, "ACORN GUEST HOUSE", "3", "Our room smelled of smoke."),
+               _review(3, "AVALON", "7", "Housekeeping came every morning.")]
+    src = Pieces(["The rooms are cleaned every two weeks."])
+    reply = GroundedReply(iter(src), sources, "is the avalon clean?", OverlapChecker(threshold=0.9), INTRO,
+                          close=src.close, review_intro="Here is what guests wrote about {entity}:")
+    text = "".join(reply)
+    assert reply.fell_back and INTRO not in text
+    assert text == ("Here is what guests wrote about Avalon:\n\n\u201cThe room was spotless.\u201d [1] "
+                    "\u201cHousekeeping came every morning.\u201d [3]")

@@ -152,6 +152,10 @@ class DialogueSettings(BaseModel):
     # shown, the reply is the top source's own words after ``fallback_intro``. "" = no checking.
     checker: str = "default"
     fallback_intro: str = "Here is what our help center says:"
+    # ... and when the top source is a guest's review (an entity knowledge base), up to three
+    # reviews of that entity are quoted after this ({entity}: its name): a review is one guest's
+    # opinion, not the help center's word.
+    review_intro: str = "Here is what guests wrote about {entity}:"
     # Short and direct: the default 135M model follows a brief instruction best (bot/prompting.py).
     system_prompt: str = (
         "You are a customer-support assistant. Answer in one or two short sentences, using only "
