@@ -19,7 +19,7 @@ Generated rows, all from the hand-written supported sentences (``origin`` says w
 * ``negation``: the first negatable verb flipped ("can" <-> "cannot", "is" -> "is not",
   "have to" -> "don't have to") -> contradicted; sentences opening with Yes/No are left alone;
 * ``wrong-passage``: the sentence against two other passages of its company -> unsupported
-  (what a wrong retrieval looks like);
+  (what a wrong retrieval looks like; not for hand rows of kind ``filler``, which need no source);
 * ``filler``: generic conversational sentences against any sources -> supported.
 
     python bench/checker_set/build_set.py      # rewrites checker_set.jsonl, prints counts
@@ -131,7 +131,8 @@ def _pool(texts: list[str]):
 def change_number(sentence: str, sources: list[str], rng: random.Random) -> str | None:
     """``sentence`` with its first plain number replaced by one the sources never state."""
     pool = _pool(sources)
-    for m in re.finditer(r"(?<![\w.,-])(\d{1,3}(?:,\d{3})*|\d+)(\.\d+)?(?![\w-]|\.\d|,\d)", sentence):
+    # citation markers ("[1]") are not numbers the sentence states
+    for m in re.finditer(r"(?<![\w.,\[-])(\d{1,3}(?:,\d{3})*|\d+)(\.\d+)?(?![\w\]-]|\.\d|,\d)", sentence):
         value = float(m.group().replace(",", ""))
         decimals = len(m.group(2) or "") - 1 if m.group(2) else 0
         options = [value + 1, value * 2, value + 5, value * 3, value + 10, value - 1]
@@ -205,7 +206,8 @@ def build_company(comp: dict, faq: dict[str, str]) -> list[dict]:
         if flipped:
             add(row, flipped, "contradicted", "policy", "negation", srcs)
         others = [p for p in ids if p not in row["pids"]]
-        if len(others) >= 2 and rng.random() < 0.6:
+        # a booking or closing line ("Would you like me to book it?") needs no source: never unsupported
+        if row["kind"] != "filler" and len(others) >= 2 and rng.random() < 0.6:
             add(row, row["sentence"], "unsupported", "offtopic", "wrong-passage",
                 [passages[p] for p in rng.sample(others, 2)])
     for sentence in rng.sample(FILLER, 6):
