@@ -61,39 +61,29 @@ def fallback_text(source: Hit, question: str, embed: Callable[[Sequence[str]], n
     return f"{intro}\n\n{words} [1]" if intro else f"{words} [1]"
 
 
-def is_review(hit: Hit) -> bool:
-    return (hit.metadata or {}).get("doc_type") == "review"
-
-
-def entity_label(hit: Hit) -> str:
-    """The entity a passage is about, as a visitor would write it ("AVALON" -> "Avalon")."""
-    name = str((hit.metadata or {}).get("entity_name") or hit.title or "").strip()
-    return name.title() if name.isupper() else name
-
-
 def _review_sentence(hit: Hit) -> str:
     """A review passage without the entity header line its chunk text starts with."""
     lines = [ln.strip() for ln in str(hit.text or "").splitlines() if ln.strip()]
-    header = {str(hit.title or "").strip().lower(), str((hit.metadata or {}).get("entity_name") or "").strip().lower()}
+    header = {str(hit.title or "").strip().lower(), hit.entity_key}
     while len(lines) > 1 and lines[0].lower() in header:
         lines = lines[1:]
     return " ".join(lines)
 
 
-def review_fallback_text(sources: Sequence[Hit], intro: str) -> str:
+def review_fallback_text(sources: Sequence[Hit], intro: str) -> str | None:
     """Up to three selected reviews of the top source's entity, quoted and cited by their place in
-    ``sources`` (``intro`` may name the entity as ``{entity}``)."""
+    ``sources`` (``intro`` may name the entity as ``{entity}``, "AVALON" written "Avalon"); None
+    when the top source is not a review or none has a sentence to quote."""
     top = sources[0]
-    key = (top.metadata or {}).get("entity_id"), entity_label(top)
-    quoted = []
-    for i, hit in enumerate(sources, start=1):
-        if is_review(hit) and ((hit.metadata or {}).get("entity_id"), entity_label(hit)) == key:
-            sentence = _review_sentence(hit)
-            if sentence:
-                quoted.append(f"\u201c{sentence}\u201d [{i}]")
-        if len(quoted) == MAX_FALLBACK_SENTENCES:
-            break
-    head = intro.replace("{entity}", key[1] or "it") if intro else ""
+    if top.doc_type != "review":
+        return None
+    quoted = [f"\u201c{sentence}\u201d [{i}]" for i, hit in enumerate(sources, start=1)
+              if hit.doc_type == "review" and hit.entity_key == top.entity_key
+              and (sentence := _review_sentence(hit))][:MAX_FALLBACK_SENTENCES]
+    if not quoted:
+        return None
+    name = top.entity.title() if top.entity.isupper() else top.entity
+    head = intro.replace("{entity}", name) if intro else ""
     return f"{head}\n\n{' '.join(quoted)}" if head else " ".join(quoted)
 
 
@@ -165,7 +155,5 @@ class GroundedReply(Iterator[str]):
             self._close()  # stop generating: nothing after an unsupported sentence is shown
         if self.rejected is not None and self.shown == 0 and self.sources:
             self.fell_back = True
-            if is_review(self.sources[0]) and review_fallback_text(self.sources, ""):
-                yield review_fallback_text(self.sources, self.review_intro)
-            else:
-                yield fallback_text(self.sources[0], self.question, self.embed, self.intro)
+            yield (review_fallback_text(self.sources, self.review_intro)
+                   or fallback_text(self.sources[0], self.question, self.embed, self.intro))
