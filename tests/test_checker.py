@@ -139,6 +139,8 @@ def test_overlap_checker_basics():
     ("Do you deliver on weekends?", dg.QUESTION_ECHO),  # the visitor's question
     ("... 42.", dg.NO_WORDS),
     ("?!", dg.NO_WORDS),
+    ("The rooms are clean and the rooms are very clean.", dg.REPEATED_CLAUSE),  # a loop in one sentence
+    ("Guests were very quiet, and the guests were very quiet.", dg.REPEATED_CLAUSE),
 ])
 def test_degenerate_catches_each_kind(sentence, reason):
     sources = ["Returns & Refunds\n" + RETURNS, INSTALL]
@@ -150,6 +152,8 @@ def test_degenerate_catches_each_kind(sentence, reason):
     "Yes, unused items can be returned within 60 days [1].", "No.", "I hope this helps!",
     "1. Sign in and open Account > Orders.", "Call us at 1-800-555-0199.", "\n",
     "Do you want me to start a return for you?",
+    "You can return it in store, or you can return it by post.",  # two clauses, not one said twice
+    "Rooms are cleaned daily and towels are changed daily.",
 ])
 def test_degenerate_leaves_ordinary_sentences_alone(sentence):
     assert degenerate(sentence, ["Returns & Refunds\n" + RETURNS], "Can I return my boots?") is None
