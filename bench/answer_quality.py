@@ -119,23 +119,41 @@ def worker(args) -> None:
         dialogue = comps.dialogue(bot)
         for q in site["questions"]:
             cid = comps.conversations.create(comps.db.bot_id(bot), "bench", {"channel": "bench"})
-            t0 = time.perf_counter()
-            decision = model = ""
-            pieces, ttft = [], None
-            for event in dialogue.respond(cid, q["q"]):
-                if event.type == "meta":
-                    decision, model = event.data.get("decision", ""), event.data.get("model", "")
-                elif event.type == "token":
-                    if ttft is None:
-                        ttft = (time.perf_counter() - t0) * 1000.0
-                    pieces.append(event.data.get("text", ""))
-                elif event.type == "handoff":
-                    pieces.append(event.data.get("message", ""))
-            results.append({"site": site["name"], "part": site["part"], "kind": q["kind"], "q": q["q"],
-                            "decision": decision, "model": model, "reply": "".join(pieces),
-                            "ttft_ms": ttft, "expect": q.get("expect", []),
-                            "contradiction": q.get("contradiction", [])})
+            row = {"site": site["name"], "part": site["part"], "kind": q["kind"], "q": q["q"],
+                   **turn(dialogue, cid, q["q"]), "expect": q.get("expect", []),
+                   "contradiction": q.get("contradiction", [])}
+            # Asked back: the visitor chooses the offered topic that is their question (the widget's
+            # button sends its words), when it is offered; out-of-scope visitors choose none.
+            offered = row.pop("topics")
+            # (compared word for word here: the previous commit's tree has no training.answer_gate)
+            words = lambda t: re.sub(r"\W+", " ", t.lower()).strip()  # noqa: E731
+            pick = next((t for t in offered if q.get("entry") and words(t) == words(q["entry"])), None)
+            if row["decision"] == "clarify" and pick and q["kind"] != "out_of_scope":
+                chosen = turn(dialogue, cid, pick)
+                chosen.pop("topics")
+                row["chosen"] = {"q": pick, **chosen}
+            results.append(row)
     Path(args.out).write_text(json.dumps(results, ensure_ascii=False, indent=1))
+
+
+def turn(dialogue, cid: str, text: str) -> dict:
+    """One visitor message through ``DialogueManager.respond``: decision, model, reply, first-token
+    time and the topics a clarifying question offered (their words, as the widget shows them)."""
+    t0 = time.perf_counter()
+    decision = model = ""
+    pieces, ttft, topics = [], None, []
+    for event in dialogue.respond(cid, text):
+        if event.type == "meta":
+            decision, model = event.data.get("decision", ""), event.data.get("model", "")
+        elif event.type == "token":
+            if ttft is None:
+                ttft = (time.perf_counter() - t0) * 1000.0
+            pieces.append(event.data.get("text", ""))
+        elif event.type == "handoff":
+            pieces.append(event.data.get("message", ""))
+        elif event.type == "sources" and decision == "clarify":
+            topics = [s.get("topic") or s.get("title") or "" for s in event.data.get("sources", [])]
+    return {"decision": decision, "model": model, "reply": "".join(pieces), "ttft_ms": ttft, "topics": topics}
 
 
 # ---- scoring -----------------------------------------------------------------------------------

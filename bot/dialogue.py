@@ -34,7 +34,7 @@ from bot.core.errors import SupportbotError
 from bot.core.events import Event
 from bot.core.settings import DialogueSettings
 from bot.handoff import WITH_PEOPLE, HandoffDesk, without_request
-from bot.pipeline import Plan, TurnPipeline
+from bot.pipeline import Plan, TurnPipeline, topic_text
 from bot.policy import ANSWER, CLARIFY, HANDOFF, Decision
 from bot.prompting import cited_numbers
 from retrieval.types import Hit
@@ -169,7 +169,9 @@ class DialogueManager:
         text, offered = self.pipeline.clarify(hits, topics)
         ttft = (time.perf_counter() - t0) * 1000.0
         yield Event("token", {"text": text})
-        sources = [source_entry(n, h) for n, h in enumerate(offered, start=1)]
+        # Each offered topic carries the words it is offered with ("topic"): the widget shows them
+        # as buttons that send that question, whose reply is then the entry's own answer.
+        sources = [{**source_entry(n, h), "topic": topic_text(h)} for n, h in enumerate(offered, start=1)]
         yield Event("sources", {"sources": sources})
         yield self._finish(msg_id, t0, text=text, sources=sources, ttft_ms=ttft)
 

@@ -78,6 +78,11 @@ class ReplyStream(Iterator[str]):
         self._stream.close()
 
 
+def topic_text(hit: Hit) -> str:
+    """The words a clarifying question offers ``hit`` with: an FAQ entry's question, else its title."""
+    return (hit.question or str(hit.title or "")).strip()
+
+
 class TurnPipeline:
     """Retrieve, plan and stream the reply for one message (see the module docstring)."""
 
@@ -149,13 +154,13 @@ class TurnPipeline:
         far below the top. ``chosen``: the topics to offer (a plan's ``topics``), when given."""
         if chosen:
             offered = list(chosen)
-            joined = " or ".join(f"\u201c{(h.question or str(h.title or '')).strip()}\u201d" for h in offered)
+            joined = " or ".join(f"\u201c{topic_text(h)}\u201d" for h in offered)
             return self.settings.clarify_message.format(topics=joined), offered
         topics: list[str] = []
         offered: list[Hit] = []
         top = float(hits[0].confidence) if hits else 0.0
         for h in hits:
-            topic = (h.question or str(h.title or "")).strip()
+            topic = topic_text(h)
             if offered and float(h.confidence) < self.settings.clarify_ratio * top:
                 break
             if topic and topic.lower() not in {t.lower() for t in topics}:
@@ -212,5 +217,5 @@ class TurnPipeline:
         return str(self.generator_for(plan).model_id) if plan.decision.action == ANSWER else ""
 
 
-__all__ = ["ANSWER", "CLARIFY", "HANDOFF", "Plan", "ReplyStream", "TurnPipeline"]
+__all__ = ["ANSWER", "CLARIFY", "HANDOFF", "Plan", "ReplyStream", "TurnPipeline", "topic_text"]
 

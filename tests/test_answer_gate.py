@@ -165,3 +165,18 @@ def test_cli_promote_runs_the_answer_gate(corpus, tmp_path, tiny_lm_dir, monkeyp
     res = CliRunner().invoke(main, ["--data-dir", str(tmp_path / "var"), "promote", str(tiny_lm_dir),
                                     "--answer-corpus", str(tmp_path / "nowhere")])
     assert res.exit_code == 1 and "no FAQ corpus for the answer benchmark" in res.output
+
+
+def test_right_after_choice_counts_an_asked_back_question_once_its_topic_is_chosen():
+    from training.answer_gate import right_after_choice, score
+
+    asked = {"kind": "in_scope", "decision": "clarify", "model": "", "reply": "Are you asking about ...?",
+             "expect": ["3 business days"], "ttft_ms": 10.0}
+    chosen_right = {**asked, "chosen": {"decision": "answer", "model": "extractive",
+                                        "reply": "Delivery takes 3 business days.", "ttft_ms": 5.0}}
+    chosen_wrong = {**asked, "chosen": {"decision": "answer", "model": "extractive",
+                                        "reply": "Delivery takes a week.", "ttft_ms": 5.0}}
+    assert right_after_choice(chosen_right) and not right_after_choice(chosen_wrong)
+    assert not right_after_choice(asked)  # no topic of theirs was offered
+    figures = score([asked, chosen_right, chosen_wrong])
+    assert figures["right"] == 0.0 and figures["right_after_choice"] == round(1 / 3, 4)

@@ -202,6 +202,11 @@ def test_clarify_offers_topics_without_generating(sqlite_comps):
     assert 1 <= len(offered) <= 2
     assert events[1].data["text"].startswith("I'm not sure I understood. Are you asking about \u201c")
     assert sqlite_comps.conversations.get(cid)["status"] == "bot"
+    # Each offered topic carries the words it is offered with (the widget's buttons send them),
+    # and they are what the question names; the stored message keeps them for a reload.
+    topics = [s["topic"] for s in offered]
+    assert all(topics) and all(f"\u201c{t}\u201d" in events[1].data["text"] for t in topics)
+    assert [s["topic"] for s in sqlite_comps.conversations.history(cid)[1]["sources"]] == topics
 
 
 def test_generation_error_ends_with_error_event_and_partial_reply_stored(sqlite_comps):

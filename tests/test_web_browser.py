@@ -389,3 +389,51 @@ def test_icons_are_svg_not_emoji_and_the_buttons_still_work(canned_server, brows
     page.locator("supportbot-chat header button[aria-label='Close chat']").click()
     assert page.locator("supportbot-chat .panel").is_hidden()
     context.close()
+
+
+TOPIC_CSV = (
+    b"question,answer,title\n"
+    b"\"Is the <img src=x onerror='window.__pwned=1'> Ridgeline tent waterproof?\","
+    b"\"Yes: its fly has a 3000 mm hydrostatic head.\",Tents\n"
+)
+
+
+@pytest.fixture(scope="module")
+def clarify_server(tmp_path_factory):
+    require_browser()
+    # No answer is confident enough (answer_threshold above 1): every question is asked back.
+    with serving(tmp_path_factory.mktemp("clarify"), ScriptedGenerator(), csv=TOPIC_CSV,
+                 dialogue={"answer_threshold": 1.01}) as info:
+        yield info
+
+
+def test_a_clarifying_questions_topics_are_buttons_that_send_that_question(clarify_server, browser):
+    from bot.core.store.models import Message
+
+    context = browser.new_context()
+    page = context.new_page()
+    open_widget(page, clarify_server["url"])
+    ask(page, "is the ridgeline tent waterproof")
+    asked = page.locator("supportbot-chat .msg.agent").nth(1)
+    buttons = asked.locator(".topics button")
+    buttons.first.wait_for(timeout=15000)
+    topic = "Is the <img src=x onerror='window.__pwned=1'> Ridgeline tent waterproof?"
+    labels = [b.inner_text() for b in buttons.all()]
+    assert topic in labels  # the entry's question, as text: its markup is not parsed
+    assert asked.locator(".sources").count() == 0 and asked.locator("img").count() == 0
+
+    buttons.nth(labels.index(topic)).click()
+    page.locator("supportbot-chat .msg.user").nth(1).wait_for(timeout=15000)
+    assert page.locator("supportbot-chat .msg.user").nth(1).inner_text() == topic
+    page.locator("supportbot-chat .msg.agent").nth(2).locator(".rate").wait_for(timeout=15000)
+    with clarify_server["components"].db.session() as s:
+        sent = [m.text for m in s.scalars(select(Message).where(Message.role == "user").order_by(Message.id))]
+    assert sent[-2:] == ["is the ridgeline tent waterproof", topic]
+
+    # After a reload the buttons come back from the stored message and still send.
+    page.reload()
+    restored = page.locator("supportbot-chat .msg.agent").nth(1).locator(".topics button")
+    restored.first.wait_for(timeout=15000)
+    assert topic in [b.inner_text() for b in restored.all()]
+    assert page.evaluate("window.__pwned") is None
+    context.close()

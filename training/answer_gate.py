@@ -57,6 +57,13 @@ def is_right(row: dict) -> bool:
     return row["decision"] == ANSWER and all(norm(e) in reply for e in row["expect"])
 
 
+def right_after_choice(row: dict) -> bool:
+    """Right at once, or asked back and right once the visitor chose their topic (``row["chosen"]``:
+    that turn's decision and reply)."""
+    chosen = row.get("chosen")
+    return is_right(row) or bool(chosen and is_right({**row, **chosen}))
+
+
 def contradicts(row: dict) -> bool:
     reply = norm(row["reply"])
     return row["decision"] == ANSWER and any(norm(c) in reply for c in row.get("contradiction", []))
@@ -78,6 +85,9 @@ def score(rows: Sequence[dict]) -> dict[str, Any]:
         "traps": len(traps),
         "out_of_scope_not_answered": round(sum(map(is_right, oos)) / len(oos), 4) if oos else None,
         "direct_share": round(sum(r["model"] == "extractive" for r in answered) / len(answered), 4) if answered else None,
+        # Right at once, or after the visitor chose the offered topic that is their question
+        # (``bench/answer_quality.py`` records that second turn as ``chosen``).
+        "right_after_choice": round(sum(map(right_after_choice, answerable)) / len(answerable), 4) if answerable else None,
         "ttft_ms_p50": round(statistics.median(ttfts), 1) if ttfts else None,
     }
 

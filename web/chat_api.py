@@ -160,9 +160,11 @@ def source_url(source: dict[str, Any], site_key: str) -> str:
 
 
 def public_sources(sources: Iterable[dict], site_key: str) -> list[dict]:
+    """What a visitor is told of each source; a clarifying question's topics keep their words
+    (``topic``: the widget's buttons send them)."""
     return [
         {"n": s.get("n"), "title": s.get("title") or s.get("doc_id") or "", "doc_id": s.get("doc_id"),
-         "url": source_url(s, site_key)}
+         "url": source_url(s, site_key), **({"topic": str(s["topic"])} if s.get("topic") else {})}
         for s in sources or []
     ]
 

@@ -56,6 +56,9 @@
     ".typing:empty::after,.typing > :last-child::after{content:' \\2026';opacity:.6}",
     ".sources{margin:8px 0 0;padding:6px 0 0;border-top:1px solid #e6e9eb;list-style:none;font-size:13px}",
     ".sources li{margin:2px 0}.sources a{color:#245a8a}",
+    ".topics{display:flex;flex-wrap:wrap;gap:6px;margin:8px 0 0}",
+    ".topics button{font:inherit;font-size:13px;text-align:left;padding:5px 10px;border-radius:14px;border:1px solid var(--supportbot-color,#1f6feb);background:#fff;color:var(--supportbot-color,#1f6feb);cursor:pointer}",
+    ".topics button:disabled{opacity:.6;cursor:default}",
     ".rate{display:flex;gap:6px;margin-top:6px;align-items:center;font-size:12px;color:#5b6670}",
     ".rate button{border:1px solid #cfd5da;background:#fff;border-radius:6px;cursor:pointer;padding:3px 8px;font-size:14px;color:#4a5660;line-height:0}",
     ".rate button svg{display:block;width:16px;height:16px}",
@@ -434,6 +437,7 @@
           var view = self.addAgent(m.id);
           if (m.decision === "handoff") { self.addNote(m.text, "note"); view.node.remove(); return; }
           view.text = m.text; renderMarkdown(view.body, m.text);
+          view.decision = m.decision;
           view.setSources(m.sources);
           if (m.complete) view.finish(m.feedback);
           else self.resume(view, m.id + ":" + m.text.length);
@@ -470,6 +474,8 @@
       append: function (piece) { view.text += piece; renderMarkdown(body, view.text); body.classList.add("typing"); self.scroll(); },
       setSources: function (sources) {
         if (!sources || !sources.length) return;
+        var topics = sources.filter(function (s) { return s.topic; });
+        if (view.decision === "clarify" && topics.length) { view.setTopics(topics); return; }
         var old = node.querySelector(".sources"); if (old) old.remove();
         var list = el("ul", { "class": "sources", "aria-label": "Sources" });
         sources.forEach(function (s) {
@@ -479,6 +485,17 @@
           list.appendChild(li);
         });
         node.appendChild(list); self.scroll();
+      },
+      /* A clarifying question's offered topics: one button each, sending that question. */
+      setTopics: function (sources) {
+        var old = node.querySelector(".topics"); if (old) old.remove();
+        var row = el("div", { "class": "topics", role: "group", "aria-label": "Suggested questions" });
+        sources.forEach(function (s) {
+          var b = el("button", { type: "button" }, s.topic);
+          b.addEventListener("click", function () { if (!self.busy) self.send(s.topic); });
+          row.appendChild(b);
+        });
+        if (row.childNodes.length) { node.appendChild(row); self.scroll(); }
       },
       finish: function (feedback) {
         body.classList.remove("typing");
@@ -534,7 +551,7 @@
     return request().then(function (r) {
       return readEvents(r, function (type, data, id) {
         if (id) lastId = id;
-        if (type === "meta") { view.id = data.message_id; }
+        if (type === "meta") { view.id = data.message_id; view.decision = data.decision; }
         else if (type === "token") view.append(data.text);
         else if (type === "sources") view.setSources(data.sources);
         else if (type === "handoff") { view.node.remove(); self.addNote(data.message, "note"); self.startLive(data.queue); }
@@ -564,10 +581,11 @@
     }, attempt || 0);
   };
 
-  SupportbotChat.prototype.send = function () {
-    var self = this, text = this.input.value.trim();
+  /* Sends the message box's text, or ``chosen`` (a suggested question's button). */
+  SupportbotChat.prototype.send = function (chosen) {
+    var self = this, typed = typeof chosen !== "string", text = (typed ? this.input.value : chosen).trim();
     if (!text || this.busy) return;
-    this.input.value = "";
+    if (typed) this.input.value = "";
     this.addUser(text);
     this.setBusy(true);
     var view = null;
