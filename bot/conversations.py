@@ -285,6 +285,15 @@ class ConversationStore:
             ).all()
             return [self._message_dict(m) for m in rows]
 
+    def last_reply(self, conversation_id: str) -> dict | None:
+        """The latest message of the bot or a person in the conversation (None when there is none)."""
+        with self.db.session() as s:
+            m = s.scalars(
+                select(Message).where(Message.conversation_id == conversation_id, Message.role != "user")
+                .order_by(Message.id.desc()).limit(1)
+            ).first()
+            return None if m is None else self._message_dict(m)
+
     def turns(self, conversation_id: str, limit: int = 20) -> list[dict]:
         """The last ``limit`` non-empty messages as ``{"role": "user"|"agent", "text"}``, oldest first."""
         with self.db.session() as s:

@@ -26,6 +26,7 @@ decision, model id, latency, time to first token and token counts.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any, Iterator, Sequence
 
@@ -52,6 +53,10 @@ def source_entry(n: int, hit: Hit) -> dict[str, Any]:
         "source": hit.source,
         "confidence": round(float(hit.confidence), 4),
     }
+
+
+def _words(text: str) -> str:
+    return re.sub(r"\W+", " ", text.lower()).strip()
 
 
 class DialogueManager:
@@ -91,10 +96,13 @@ class DialogueManager:
     def _respond(self, conversation_id: str, message: str) -> Iterator[Event]:
         t0 = time.perf_counter()
         turns = self.conversations.turns(conversation_id, limit=self.settings.context_turns)
+        chosen = self._chosen_topic(conversation_id, message)
         self.conversations.add_message(conversation_id, "user", message)
         pipeline = self.pipeline
         try:
-            plan = pipeline.plan(message, pipeline.retrieve(message, turns), turns)
+            plan = pipeline.chosen(message, chosen) if chosen is not None else None
+            if plan is None:
+                plan = pipeline.plan(message, pipeline.retrieve(message, turns), turns)
         except Exception:  # a broken index must not crash the stream: a person takes over
             log.exception("retrieval failed in conversation %s", conversation_id)
             plan = Plan(Decision(HANDOFF, "retrieval_error", 0.0))
@@ -137,6 +145,16 @@ class DialogueManager:
                 answer.close()
         else:
             yield from self._answer(msg_id, message, plan, turns, t0)
+
+    def _chosen_topic(self, conversation_id: str, message: str) -> int | None:
+        """The entry (chunk id) whose offered words ``message`` repeats, when the bot's last message
+        asked back offering topics (the widget's buttons send them; a visitor may type one)."""
+        last = self.conversations.last_reply(conversation_id)
+        if not last or last["role"] != "bot" or last["decision"] != CLARIFY:
+            return None
+        said = _words(message)
+        return next((int(s["chunk_id"]) for s in last["sources"]
+                     if s.get("topic") and "chunk_id" in s and _words(s["topic"]) == said), None)
 
     def _ask_question_first(self, conversation_id: str, t0: float) -> Iterator[Event]:
         text = self.handoffs.settings.ask_bot_first_message

@@ -140,6 +140,17 @@ class TurnPipeline:
             return Plan(Decision(ANSWER, DIRECT, decision.confidence), hits, [direct])
         return Plan(decision, hits, selection.passages if decision.action == ANSWER else [])
 
+    def chosen(self, message: str, chunk_id: int) -> Plan | None:
+        """The plan when ``message`` is a topic the bot just offered (``chunk_id``: its entry): the
+        visitor chose it, so the reply is that FAQ entry's own answer. The entry is found by
+        retrieving its words alone (the conversation before is what was unclear); None when it is
+        not an FAQ entry or was not retrieved (the message is then planned as any other)."""
+        hits = self.retrieve(message, [])
+        entry = next((h for h in hits if int(h.chunk_id) == int(chunk_id) and h.faq_answer), None)
+        if entry is None:
+            return None
+        return Plan(Decision(ANSWER, DIRECT, float(entry.confidence)), hits, [entry])
+
     def match(self, message: str, hits: Sequence[Hit], decision: Decision) -> "FAQMatch | None":
         """The FAQ matcher's verdict when it decides: a flat knowledge base whose top hit is an FAQ
         entry (``bot/faq_match.py``), and neither a request for a person nor an empty retrieval."""

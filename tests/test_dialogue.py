@@ -209,6 +209,29 @@ def test_clarify_offers_topics_without_generating(sqlite_comps):
     assert [s["topic"] for s in sqlite_comps.conversations.history(cid)[1]["sources"]] == topics
 
 
+def test_choosing_an_offered_topic_gets_that_entrys_own_answer(sqlite_comps):
+    gen = ScriptedGenerator()
+    spy = SpyRetriever(sqlite_comps.retriever("default"))
+    # Nothing is confident enough to answer by itself: only the visitor's choice makes an answer.
+    dm = manager(sqlite_comps, gen, retriever=spy, answer_threshold=1.01, clarify_threshold=0.0)
+    cid = new_conversation(sqlite_comps)
+    offered = [e for e in dm.respond(cid, "refund") if e.type == "sources"][0].data["sources"]
+    topic = offered[-1]
+    events = list(dm.respond(cid, topic["topic"].upper()))  # typed, or sent by the widget's button
+    assert events[0].data["decision"] == ANSWER and events[0].data["model"] == "extractive"
+    assert gen.prompts == []  # the entry's own answer, no model
+    shown = [e for e in events if e.type == "sources"][0].data["sources"]
+    assert [s["chunk_id"] for s in shown] == [topic["chunk_id"]]
+    entry = next(h for h in spy.inner.search(topic["topic"], k=10) if h.chunk_id == topic["chunk_id"])
+    reply = "".join(e.data["text"] for e in events if e.type == "token")
+    assert " ".join(entry.faq_answer.split(".")[0].split()) in " ".join(reply.split())
+    assert spy.calls[-1]["turns"] == []  # the entry is found by its own words, not the history
+
+    # Not after a clarifying question: the same words are planned as any message (asked back).
+    again = list(dm.respond(new_conversation(sqlite_comps), topic["topic"]))
+    assert again[0].data["decision"] == CLARIFY
+
+
 def test_generation_error_ends_with_error_event_and_partial_reply_stored(sqlite_comps):
     gen = ScriptedGenerator(pieces=("Refunds ", "take ", "days"), fail_after=2)
     dm = manager(sqlite_comps, gen)
