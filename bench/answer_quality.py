@@ -15,7 +15,11 @@ ingested into its own bot with the default embedder, and every question goes thr
 ``DialogueManager.respond`` in a fresh conversation, as the widget sends it. Printed per
 configuration and per part (``fit`` companies, on which thresholds may be fitted, and ``held_out``
 ones, which nothing was fitted on): share right, contradictions on traps, out of scope not answered,
-share replied directly (the FAQ's own answer), first-token p50; and the CPU they ran on.
+share replied directly (the FAQ's own answer), first-token p50; and the CPU they ran on. Also
+``right_after_choice``: right at once, or asked back offering the question's own entry and right
+once the visitor chose it (the widget's topic button sends the entry's question as the next
+message of the same conversation); a visitor whose entry was not offered, or who asked
+something the FAQ does not answer, chooses nothing.
 
     python bench/answer_quality.py                      # current default, extractive, previous (963c26b)
     python bench/answer_quality.py --configs current --json var/bench/answers.json
