@@ -58,7 +58,6 @@
     ".sources li{margin:2px 0}.sources a{color:#245a8a}",
     ".topics{display:flex;flex-wrap:wrap;gap:6px;margin:8px 0 0}",
     ".topics button{font:inherit;font-size:13px;text-align:left;padding:5px 10px;border-radius:14px;border:1px solid var(--supportbot-color,#1f6feb);background:#fff;color:var(--supportbot-color,#1f6feb);cursor:pointer}",
-    ".topics button:disabled{opacity:.6;cursor:default}",
     ".rate{display:flex;gap:6px;margin-top:6px;align-items:center;font-size:12px;color:#5b6670}",
     ".rate button{border:1px solid #cfd5da;background:#fff;border-radius:6px;cursor:pointer;padding:3px 8px;font-size:14px;color:#4a5660;line-height:0}",
     ".rate button svg{display:block;width:16px;height:16px}",
