@@ -129,15 +129,19 @@ def worker(args) -> None:
             # Asked back: the visitor chooses the offered topic that is their question (the widget's
             # button sends its words), when it is offered; out-of-scope visitors choose none.
             offered = row.pop("topics")
-            # (compared word for word here: the previous commit's tree has no training.answer_gate)
-            words = lambda t: re.sub(r"\W+", " ", t.lower()).strip()  # noqa: E731
-            pick = next((t for t in offered if q.get("entry") and words(t) == words(q["entry"])), None)
+            pick = next((t for t in offered if q.get("entry") and _words(t) == _words(q["entry"])), None)
             if row["decision"] == "clarify" and pick and q["kind"] != "out_of_scope":
                 chosen = turn(dialogue, cid, pick)
                 chosen.pop("topics")
                 row["chosen"] = {"q": pick, **chosen}
             results.append(row)
     Path(args.out).write_text(json.dumps(results, ensure_ascii=False, indent=1))
+
+
+def _words(text: str) -> str:
+    """``retrieval.types.question_key``, written here: a worker may run over the previous commit's
+    tree, which has neither it nor ``training.answer_gate``."""
+    return re.sub(r"\W+", " ", text.lower()).strip()
 
 
 def turn(dialogue, cid: str, text: str) -> dict:

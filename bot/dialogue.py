@@ -26,7 +26,6 @@ decision, model id, latency, time to first token and token counts.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from typing import Any, Iterator, Sequence
 
@@ -38,7 +37,7 @@ from bot.handoff import WITH_PEOPLE, HandoffDesk, without_request
 from bot.pipeline import Plan, TurnPipeline, topic_text
 from bot.policy import ANSWER, CLARIFY, HANDOFF, Decision
 from bot.prompting import cited_numbers
-from retrieval.types import Hit
+from retrieval.types import Hit, question_key
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +52,6 @@ def source_entry(n: int, hit: Hit) -> dict[str, Any]:
         "source": hit.source,
         "confidence": round(float(hit.confidence), 4),
     }
-
-
-def _words(text: str) -> str:
-    return re.sub(r"\W+", " ", text.lower()).strip()
 
 
 class DialogueManager:
@@ -152,9 +147,9 @@ class DialogueManager:
         last = self.conversations.last_reply(conversation_id)
         if not last or last["role"] != "bot" or last["decision"] != CLARIFY:
             return None
-        said = _words(message)
+        said = question_key(message)
         return next((int(s["chunk_id"]) for s in last["sources"]
-                     if s.get("topic") and "chunk_id" in s and _words(s["topic"]) == said), None)
+                     if s.get("topic") and "chunk_id" in s and question_key(s["topic"]) == said), None)
 
     def _ask_question_first(self, conversation_id: str, t0: float) -> Iterator[Event]:
         text = self.handoffs.settings.ask_bot_first_message

@@ -49,17 +49,13 @@ import numpy as np
 
 from bot.core.errors import ConfigError
 from bot.cross_selector import BUNDLED_CROSS, CrossSelector, pair_text, pool_kind
-from retrieval.types import Hit
+from retrieval.types import Hit, question_key
 
 MATCH_FILE = Path(__file__).with_name("selectors") / "faq-match.json"
 FEATURES = ["margin", "cos_q", "cos_t", "cos_s", "cross", "cross_margin"]
 TOP = 8  # FAQ hits read (the retriever's order); the features need the top one and its rivals
 CACHE = 16384  # vectors of entry texts kept (questions, entries, answer sentences: ~5 per entry)
 NO_RIVAL = 4.0  # a margin when no other entry was retrieved: clearly ahead
-
-
-def _key(question: str) -> str:
-    return re.sub(r"\W+", " ", question.lower()).strip()
 
 
 def answer_sentences(answer: str) -> list[str]:
@@ -73,7 +69,7 @@ def features_from(items: Sequence[tuple[float, str, float, float, float, float]]
     against its rivals: the entries with another question. Shared by serving and
     ``bench/fit_faq_match.py``."""
     score, question, cos_q, cos_t, cos_s, cross = items[j]
-    rivals = [it for it in items if _key(it[1]) != _key(question)]
+    rivals = [it for it in items if question_key(it[1]) != question_key(question)]
     margin = score - max(it[0] for it in rivals) if rivals else NO_RIVAL
     cross_margin = cross - max(it[5] for it in rivals) if rivals else NO_RIVAL
     return [float(np.clip(margin, -2 * NO_RIVAL, 2 * NO_RIVAL)), float(cos_q), float(cos_t), float(cos_s),
@@ -163,7 +159,7 @@ class FAQMatcher:
         p = [self.probability(features_from(items, j)) for j in range(len(faq))]
         order = sorted(range(len(faq)), key=lambda j: (-p[j], j))  # ties: the retriever's order
         best = order[0]
-        rival = next((j for j in order[1:] if _key(faq[j].question) != _key(faq[best].question)), None)
+        rival = next((j for j in order[1:] if question_key(faq[j].question) != question_key(faq[best].question)), None)
         return FAQMatch(faq[best], p[best], None if rival is None else faq[rival],
                         0.0 if rival is None else p[rival])
 

@@ -5,10 +5,17 @@ against every implementation.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+
+
+def question_key(text: str) -> str:
+    """``text``'s words, lowercased, punctuation and spacing folded: two texts with one key ask the
+    same question ("How do I reset my password?" / "how do i reset my password")."""
+    return re.sub(r"\W+", " ", text.lower()).strip()
 
 
 @dataclass

@@ -485,7 +485,7 @@
         });
         node.appendChild(list); self.scroll();
       },
-      /* A clarifying question's offered topics: one button each, sending that question. */
+      /* A clarifying question's offered topics (each with its words): one button each, sending them. */
       setTopics: function (sources) {
         var old = node.querySelector(".topics"); if (old) old.remove();
         var row = el("div", { "class": "topics", role: "group", "aria-label": "Suggested questions" });
@@ -494,7 +494,7 @@
           b.addEventListener("click", function () { if (!self.busy) self.send(s.topic); });
           row.appendChild(b);
         });
-        if (row.childNodes.length) { node.appendChild(row); self.scroll(); }
+        node.appendChild(row); self.scroll();
       },
       finish: function (feedback) {
         body.classList.remove("typing");
