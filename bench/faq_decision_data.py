@@ -79,7 +79,9 @@ def main() -> None:
 def stackfaq(args, settings, embedder, crosses, fh) -> None:
     from bot.eval_kb import prepare_kb
 
-    held = set()
+    # The threads the cross-encoders never fitted on (support-minilm-cross's split, also when no
+    # cross-encoder's logits are asked for).
+    held = set(json.loads((BUNDLED_CROSS["support"] / "selector.json").read_text())["held_out"]["stackfaq_threads"])
     for cs in crosses.values():
         held |= set(cs.meta.get("held_out", {}).get("stackfaq_threads", []))
     kb = prepare_kb(args.stackfaq / "kb.jsonl", settings, progress=True)
@@ -116,6 +118,7 @@ def features(message, hits, rank, site, part, kind, embedder, crosses, top) -> d
         for j, h in enumerate(faq):
             feats.append({"rank": hits.index(h), "right": rank is not None and hits.index(h) == rank,
                           "question": h.question, "doc_id": h.doc_id, "answer": h.faq_answer,
+                          "pair": pair_text(h, 0),  # the passage side the cross-encoders read
                           "score": float(h.score), "cos_q": float(qv @ ev[j]), "cos_t": float(qv @ tv[j]),
                           "cos_s": cos_s[j],
                           **{f"x_{n}": logits[n][j] for n in logits}})

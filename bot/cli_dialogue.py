@@ -23,6 +23,7 @@ SUMMARY_KEYS = (
     ("direct_answer_rate", "answered with an FAQ's own answer"),
     ("non_target_no_answer_rate", "not answered (other turns)"),
     ("out_of_scope_no_answer_rate", "not answered (out of scope)"),
+    ("out_of_scope_conv_no_answer_rate", "  same, mid-conversation"),
     ("ttft_ms_p50", "time to first token p50 (ms)"),
     ("tokens_per_s", "decode tokens/s"),
 )

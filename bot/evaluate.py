@@ -16,7 +16,9 @@ generation is off) generates the reply it would send. Scored as the DSTC11 Track
 * BLEU: sacrebleu's corpus BLEU / 100; ROUGE-1/2/L: rouge-score F-measure with stemming, averaged
   over target instances; the reply scored is the one the bot sends (a refusal if it hands off).
 * decision: on target turns the bot should answer; on non-target turns and on out-of-scope
-  questions (``bot/out_of_scope.json``) it should not.
+  questions (``bot/out_of_scope.json``) it should not, asked alone and as the last turn of a
+  conversation (``oos_in_conversation``: after a hotel was named, "tell me a joke" is still not
+  something to answer from the knowledge base).
 * ttft_ms_p50 and tokens_per_s (completion tokens over decode time) of the generator.
 
 Regressions (``run_regressions``, ``supportbot eval --regressions``): the approved fixes of a bot
@@ -96,6 +98,19 @@ def out_of_scope_questions(path: Path | None = None) -> list[str]:
     return list(data["questions"] if isinstance(data, dict) else data)
 
 
+def oos_in_conversation(instances: Sequence[dict], questions: Sequence[str]) -> list[list[dict]]:
+    """Each out-of-scope question asked as the last user turn of a conversation of ``instances``
+    (the earlier turns of the i-th of them spread evenly over the file, skipping one-turn
+    prefixes): a visitor who names a hotel or an order first and then asks something the
+    knowledge base does not answer must not be answered either."""
+    longer = [row["turns"][:-1] for row in instances if len(row["turns"]) > 1]
+    if not longer:
+        return []
+    step = max(1, len(longer) // max(1, len(questions)))
+    return [list(longer[(i * step) % len(longer)]) + [{"role": "user", "text": q}]
+            for i, q in enumerate(questions)]
+
+
 def selection_counts(gold: Sequence[str], pred: Sequence[str]) -> tuple[int, int, int]:
     """(tp, fp, fn) of one instance; duplicate predictions count once, as in the DSTC11 scorer."""
     pred_set, gold_set = list(dict.fromkeys(pred)), set(gold)
@@ -133,7 +148,8 @@ def summarize(records: Iterable[Record]) -> dict[str, Any]:
     dialog = [r for r in records if not r.out_of_scope]
     targets = [r for r in dialog if r.target]
     non_targets = [r for r in dialog if not r.target]
-    oos = [r for r in records if r.out_of_scope]
+    oos = [r for r in records if r.out_of_scope and not r.extra.get("in_conversation")]
+    oos_conv = [r for r in records if r.out_of_scope and r.extra.get("in_conversation")]
 
     tp = fp = fn = 0
     exact = counted = 0
@@ -186,6 +202,10 @@ def summarize(records: Iterable[Record]) -> dict[str, Any]:
         sum(r.decision != ANSWER for r in oos) / len(oos) if oos else None
     )
     out["out_of_scope_handoff_rate"] = sum(r.decision == HANDOFF for r in oos) / len(oos) if oos else None
+    out["out_of_scope_conv_n"] = len(oos_conv)
+    out["out_of_scope_conv_no_answer_rate"] = (
+        sum(r.decision != ANSWER for r in oos_conv) / len(oos_conv) if oos_conv else None
+    )
 
     ttfts = [r.ttft_ms for r in records if r.ttft_ms is not None]
     out["ttft_ms_p50"] = statistics.median(ttfts) if ttfts else None
@@ -302,6 +322,10 @@ def run_eval(
         for i, q in enumerate(out_of_scope_questions()):
             r = run_turn(pipeline, [{"role": "user", "text": q}], generate=False)
             r.id, r.out_of_scope = f"oos-{i}", True
+            records.append(r)
+        for i, turns in enumerate(oos_in_conversation(instances, out_of_scope_questions())):
+            r = run_turn(pipeline, turns, generate=False)
+            r.id, r.out_of_scope, r.extra["in_conversation"] = f"oos-conv-{i}", True, True
             records.append(r)
 
     report = summarize(records)

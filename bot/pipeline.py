@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 from bot.checker import Checker
+from bot.cross_selector import pool_kind
 from bot.core.settings import DialogueSettings
 from bot.generators.base import GenerationStream, Generator, ReplyGuard, guarded
-from bot.policy import (ANSWER, CLARIFY, DIRECT, HANDOFF, Decision, decide, direct_source, with_match,
-                        with_selection)
+from bot.policy import (ANSWER, CLARIFY, DIRECT, HANDOFF, Decision, decide, direct_source, named_entity,
+                        with_match, with_selection)
 from bot.grounding import GroundedReply
 from bot.prompting import build_messages
 from bot.selection import Selection, Selector
@@ -131,14 +132,33 @@ class TurnPipeline:
                 topics.append(match.rival)
             return Plan(decision, hits, [match.entry] if decision.reason == DIRECT else [],
                         topics if decision.action == CLARIFY else [])
-        if decision.action == HANDOFF:  # requested, no knowledge, or nothing close (policy.with_selection)
-            return Plan(decision, hits, [])
-        selection = self.select(message, hits, turns)
-        decision = with_selection(decision, selection)
+        named = named_entity(hits) and decision.reason == "low_confidence"
+        if decision.action == HANDOFF and not named:
+            return Plan(decision, hits, [])  # requested, no knowledge, or nothing close (policy.with_selection)
+        # Past a low confidence, only the named entity's passages may ground the answer: the top
+        # hits are other entities' passages on the same subject (policy.named_entity).
+        selection = self.select(message, [h for h in hits if h.in_entity] if named else hits, turns)
+        decision = with_selection(decision, selection, named)
+        if decision.action == ANSWER:
+            decision = self.on_topic(message, hits, turns, decision)
+            if decision.action != ANSWER:
+                return Plan(decision, hits, [])
         direct = direct_source(decision, hits, self.settings, selection)
         if direct is not None:
             return Plan(Decision(ANSWER, DIRECT, decision.confidence), hits, [direct])
         return Plan(decision, hits, selection.passages if decision.action == ANSWER else [])
+
+    def on_topic(self, message: str, hits: Sequence[Hit], turns: Sequence[dict], decision: Decision) -> Decision:
+        """An answer ``decision``, or a hand-off (reason ``off_topic``) when in a knowledge base of
+        entities the message matches nothing there once retrieved alone: the conversation's entity
+        lifts the retrieval confidence of its passages whatever the question
+        (``dialogue.entity_alone_floor``; one more search, ~10 ms, for answers only)."""
+        floor = self.settings.entity_alone_floor
+        if floor <= 0 or not turns or decision.action != ANSWER or pool_kind(hits) != "entity":
+            return decision
+        alone = self.retriever.search(message, k=1)
+        confidence = float(alone[0].confidence) if alone else 0.0
+        return decision if confidence >= floor else Decision(HANDOFF, "off_topic", confidence)
 
     def chosen(self, message: str, chunk_id: int) -> Plan | None:
         """The plan when ``message`` is a topic the bot just offered (``chunk_id``: its entry): the

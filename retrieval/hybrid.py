@@ -153,6 +153,7 @@ class HybridRetriever:
         conf_top = self.model.confidence(cands.X[top])
         p = 1.0 / (1.0 + np.exp(-logits[order]))
         catalog = view.snapshot.catalog
+        in_entity = cands.X[:, FEATURES.index("entity")] > 0
         hits = []
         for rank, (row, p_row) in enumerate(zip(order, p)):
             info = catalog[int(cands.ids[row])]
@@ -161,7 +162,7 @@ class HybridRetriever:
                 Hit(
                     chunk_id=info.chunk_id, doc_id=info.doc_id, title=info.title, text=info.text,
                     score=float(logits[row]), confidence=float(min(max(conf, 0.0), 1.0)),
-                    source=info.source, metadata=info.metadata,
+                    source=info.source, metadata=info.metadata, in_entity=bool(in_entity[row]),
                 )
             )
         return hits

@@ -85,6 +85,9 @@ class Hit:
     confidence: float
     source: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    # The passage is about the entity the conversation names (the retriever's entity matcher);
+    # False when it names none or the knowledge base has no entities.
+    in_entity: bool = False
 
     @property
     def entity(self) -> str:

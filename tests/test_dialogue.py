@@ -402,6 +402,87 @@ def test_a_selector_that_judges_knowledge_decides():
     assert with_selection(ask, Selection([hit(1, 1.0, 0.9)])) == ask, "the rule does not judge"
 
 
+def test_a_named_entity_lets_the_selector_answer_past_a_low_confidence():
+    low = Decision(HANDOFF, "low_confidence", 0.01)
+    named = hit(2, 0.5, 0.01, "Acme Inn")
+    assert with_selection(low, Selection([named], True, [0.9]), named_entity=True) == Decision(ANSWER, "selected", 0.01)
+    assert with_selection(low, Selection([], True, []), named_entity=True) == low, "grounded nothing: hand-off"
+    assert with_selection(low, Selection([], False), named_entity=True) == low
+    assert with_selection(Decision(HANDOFF, "requested", 0.9), Selection([named], True, [0.9]), named_entity=True).reason == "requested"
+
+
+def test_past_a_low_confidence_only_the_named_entitys_passages_ground_the_answer():
+    """"Is the room clean?" about the hotel the visitor named: the top hits are other hotels'
+    reviews on cleanliness, so the retrieval confidence is low; the selector is asked anyway,
+    over the named hotel's passages only."""
+    from dataclasses import replace
+
+    class Recording:
+        judges, pool = True, 0
+
+        def __init__(self, grounds=True):
+            self.seen, self.grounds = [], grounds
+
+        def select(self, message, hits, k, turns=()):
+            self.seen.append([h.chunk_id for h in hits])
+            return Selection(list(hits)[:1], True, [0.9]) if self.grounds else Selection([], True, [])
+
+    other = replace(hit(1, 1.0, 0.01, "Other Inn"), text="The rooms were spotless.")
+    named = replace(hit(2, 0.5, 0.005, "Acme Inn"), text="Our room at the Acme was clean.", in_entity=True)
+    settings = dialogue_settings(answer_threshold=0.35, clarify_threshold=0.075)
+    selector = Recording()
+    pipeline = TurnPipeline(None, selector, None, ExtractiveGenerator(), settings)
+    plan = pipeline.plan("is the room clean?", [other, named])
+    assert plan.decision == Decision(ANSWER, "selected", 0.01) and plan.sources == [named]
+    assert selector.seen == [[2]], "only the named hotel's passages were read"
+    # the conversation names no entity of the base: nothing is close, hand-off, selector not asked
+    plan = pipeline.plan("is the room clean?", [other, replace(named, in_entity=False)])
+    assert plan.decision.reason == "low_confidence" and plan.sources == [] and selector.seen == [[2]]
+    # named, but the selector grounds nothing there: the hand-off stands
+    pipeline = TurnPipeline(None, Recording(grounds=False), None, ExtractiveGenerator(), settings)
+    plan = pipeline.plan("is the room clean?", [other, named])
+    assert plan.decision.action == HANDOFF and plan.decision.reason == "low_confidence"
+
+
+def test_an_entity_conversation_does_not_answer_a_message_that_alone_matches_nothing():
+    """After a hotel is named its passages come first whatever the question: "how do I reverse a
+    linked list?" is retrieved with high confidence in the conversation, with none alone."""
+    from dataclasses import replace
+
+    class TwoWay:  # what the hybrid retriever returns with the conversation and without it
+        def __init__(self, with_turns, alone):
+            self.with_turns, self.alone, self.calls = with_turns, alone, []
+
+        def search(self, query, k=5, filters=None, turns=()):
+            self.calls.append(bool(turns))
+            return list(self.with_turns if turns else self.alone)[:k]
+
+    class Grounds:
+        judges, pool = True, 0
+
+        def select(self, message, hits, k, turns=()):
+            return Selection(list(hits)[:1], True, [0.9])
+
+    review = replace(hit(1, 1.0, 0.6, "Acme Inn"), text="The staff were lovely.", in_entity=True)
+    turns = [{"role": "user", "text": "Tell me about the Acme Inn."}]
+    settings = dialogue_settings(answer_threshold=0.35, clarify_threshold=0.075, entity_alone_floor=0.02)
+    for alone_conf, action in ((0.001, HANDOFF), (0.3, ANSWER)):
+        retriever = TwoWay([review], [replace(review, confidence=alone_conf, in_entity=False)])
+        pipeline = TurnPipeline(retriever, Grounds(), None, ExtractiveGenerator(), settings)
+        plan = pipeline.plan("how do I reverse a linked list?", [review], turns)
+        assert plan.decision.action == action and retriever.calls == [False]
+        if action == HANDOFF:
+            assert plan.decision.reason == "off_topic" and plan.sources == []
+    # no conversation before (the confidence itself decides), a flat knowledge base, or the floor
+    # off: the message is not retrieved a second time
+    faq = Hit(chunk_id=2, doc_id="f", title="Returns", text="Can I return it?\nYes.", score=1.0, confidence=0.6)
+    for hits, t, s in (([review], [], settings), ([faq], turns, settings),
+                       ([review], turns, dialogue_settings(answer_threshold=0.35, entity_alone_floor=0.0))):
+        retriever = TwoWay(hits, [])
+        plan = TurnPipeline(retriever, Grounds(), None, ExtractiveGenerator(), s).plan("anything?", hits, t)
+        assert plan.decision.action == ANSWER and retriever.calls == []
+
+
 def hit(i, score, conf, entity="A") -> Hit:
     return Hit(chunk_id=i, doc_id=f"d{i}", title=entity, text=f"t{i}", score=score, confidence=conf,
                metadata={"entity_name": entity})

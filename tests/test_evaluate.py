@@ -7,7 +7,7 @@ import math
 import pytest
 
 from bot.core.errors import SupportbotError
-from bot.evaluate import Record, load_dialogues, selection_counts, summarize
+from bot.evaluate import Record, load_dialogues, oos_in_conversation, selection_counts, summarize
 
 
 def rec(id, target, gold, ranked, selected, decision, reply=None, ref="", **kw) -> Record:
@@ -62,6 +62,23 @@ def test_summary_matches_hand_computed_figures():
     assert s["out_of_scope_no_answer_rate"] == 0.5 and s["out_of_scope_handoff_rate"] == 0.5
     assert s["ttft_ms_p50"] == pytest.approx(200.0)
     assert s["tokens_per_s"] == pytest.approx(40 / 3)
+
+
+def test_out_of_scope_questions_are_also_asked_mid_conversation():
+    instances = [{"turns": [{"role": "user", "text": f"book hotel {i}"}, {"role": "agent", "text": "done"},
+                            {"role": "user", "text": "is it quiet?"}]} for i in range(4)]
+    instances.insert(1, {"turns": [{"role": "user", "text": "hi"}]})  # nothing before: skipped
+    convs = oos_in_conversation(instances, ["tell me a joke", "will it rain?"])
+    assert [c[-1] for c in convs] == [{"role": "user", "text": "tell me a joke"}, {"role": "user", "text": "will it rain?"}]
+    assert [c[0]["text"] for c in convs] == ["book hotel 0", "book hotel 2"], "spread over the file"
+    assert all(len(c) == 3 and c[1]["role"] == "agent" for c in convs)
+    assert oos_in_conversation(instances[1:2], ["tell me a joke"]) == []
+    # counted apart from the questions asked alone
+    s = summarize([rec("O1", False, [], [], [], "handoff", out_of_scope=True),
+                   rec("C1", False, [], [], [], "answer", out_of_scope=True, extra={"in_conversation": True}),
+                   rec("C2", False, [], [], [], "handoff", out_of_scope=True, extra={"in_conversation": True})])
+    assert s["out_of_scope_no_answer_rate"] == 1.0 and s["out_of_scope_n"] == 1
+    assert s["out_of_scope_conv_no_answer_rate"] == 0.5 and s["out_of_scope_conv_n"] == 2
 
 
 def test_selection_is_counted_as_the_dstc11_scorer_counts_it():
@@ -217,6 +234,7 @@ def test_eval_cli_writes_the_report(tmp_path, tiny_split, monkeypatch):
                 "rouge1", "rouge2", "rougeL", "ttft_ms_p50", "tokens_per_s"):
         assert key in report
     assert report["n"] == 2 and report["bleu"] is None and report["out_of_scope_n"] == 60
+    assert report["out_of_scope_conv_n"] == 60 and "mid-conversation" in result.output
     assert "selection F1" in result.output and "report written to" in result.output
 
     bad = tmp_path / "bad.jsonl"

@@ -85,6 +85,16 @@ def test_entity_named_earlier_steers_the_same_question(hotels):
         assert hits[0].title == name and hits[0].doc_id.endswith("faq:0")
 
 
+def test_hits_say_whether_they_are_about_the_named_entity(hotels):
+    """``Hit.in_entity``: the passages of the hotel the conversation names, and none when it names
+    no hotel (the pipeline lets only these ground an answer past a low confidence)."""
+    turns = [{"role": "user", "text": "I'd like to book Hobsons House."}]
+    hits = hotels.search("Is there free parking?", k=7, turns=turns)
+    assert {h.title for h in hits if h.in_entity} == {"HOBSONS HOUSE"}
+    assert sum(h.in_entity for h in hits) == 2 and len(hits) > 2
+    assert not any(h.in_entity for h in hotels.search("Is there free parking?", k=7))
+
+
 def test_agent_turn_naming_the_hotel_counts_and_latest_wins(hotels):
     turns = [{"role": "user", "text": "Tell me about the Allenbell."},
              {"role": "agent", "text": "The Allenbell is full, but Hobsons House has rooms."}]

@@ -130,6 +130,12 @@ class DialogueSettings(BaseModel):
     # (dstc11 train + sample-FAQ paraphrases + out-of-scope questions; reported on dstc11 dev).
     answer_threshold: float = 0.35
     clarify_threshold: float = 0.075
+    # In a knowledge base of entities, a message that, retrieved alone (without the conversation),
+    # has a top-hit confidence below this is not answered from it, however sure retrieval is with
+    # the conversation ("how do I reverse a linked list?" after a hotel was named: that hotel's
+    # passages come first whatever the question). Fitted on DSTC11 train turns and written
+    # out-of-scope questions by bench/calibrate_entity_ground.py; 0 turns it off.
+    entity_alone_floor: float = 0.02
     history_tokens: int = 384
     max_sources: int = 8
     # The longest visitor message, in characters, on every channel (widget, /v1 API, CLI).
