@@ -69,8 +69,7 @@ DETECTOR = "detector.npz"
 PAIR_VERSION = 1
 _SELECTORS = Path(__file__).with_name("selectors")
 BUNDLED_CROSS = {"dstc11-cross": _SELECTORS / "dstc11-minilm-cross",
-                 "support": _SELECTORS / "support-minilm-cross",
-                 "faq": _SELECTORS / "faq-minilm-cross"}  # the FAQ matcher's (bench/train_faq_cross.py)
+                 "support": _SELECTORS / "support-minilm-cross"}
 # The pair detector's fixed question; {agent} is the previous agent turn ("-" when none).
 DETECT_TEMPLATE = "does this message need an answer from the knowledge base? previous agent turn: {agent}"
 
