@@ -70,7 +70,7 @@ def decide(message: str, hits: Sequence[Hit], settings: DialogueSettings) -> Dec
     return Decision(HANDOFF, "low_confidence", c)
 
 
-def with_selection(decision: Decision, selection: Selection, named_entity: bool = False) -> Decision:
+def with_selection(decision: Decision, selection: Selection, entity_named: bool = False) -> Decision:
     """The decision once a selector judged the turn (``selection.needs_knowledge``; None: it does
     not, and the retrieval confidence alone decides).
 
@@ -81,11 +81,11 @@ def with_selection(decision: Decision, selection: Selection, named_entity: bool 
     a person and an empty retrieval stay hand-offs, and so does a turn whose top hit is below
     ``clarify_threshold`` (``low_confidence``: nothing in the knowledge base is close; the
     DSTC11 cross-encoder had grounded 20 of the 60 out-of-scope questions of ``supportbot eval``,
-    all but 2 of them below that calibrated threshold), unless ``named_entity``: the
+    all but 2 of them below that calibrated threshold), unless ``entity_named``: the
     conversation names an entity of the knowledge base and its passages were retrieved (see
     ``named_entity``). Then the selector may still ground the turn in them; when it grounds
     nothing, the hand-off stands."""
-    floor = ("requested", "no_knowledge") if named_entity else ("requested", "no_knowledge", "low_confidence")
+    floor = ("requested", "no_knowledge") if entity_named else ("requested", "no_knowledge", "low_confidence")
     if selection.needs_knowledge is None or decision.reason in floor:
         return decision
     if selection.passages:

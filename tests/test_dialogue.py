@@ -405,10 +405,10 @@ def test_a_selector_that_judges_knowledge_decides():
 def test_a_named_entity_lets_the_selector_answer_past_a_low_confidence():
     low = Decision(HANDOFF, "low_confidence", 0.01)
     named = hit(2, 0.5, 0.01, "Acme Inn")
-    assert with_selection(low, Selection([named], True, [0.9]), named_entity=True) == Decision(ANSWER, "selected", 0.01)
-    assert with_selection(low, Selection([], True, []), named_entity=True) == low, "grounded nothing: hand-off"
-    assert with_selection(low, Selection([], False), named_entity=True) == low
-    assert with_selection(Decision(HANDOFF, "requested", 0.9), Selection([named], True, [0.9]), named_entity=True).reason == "requested"
+    assert with_selection(low, Selection([named], True, [0.9]), entity_named=True) == Decision(ANSWER, "selected", 0.01)
+    assert with_selection(low, Selection([], True, []), entity_named=True) == low, "grounded nothing: hand-off"
+    assert with_selection(low, Selection([], False), entity_named=True) == low
+    assert with_selection(Decision(HANDOFF, "requested", 0.9), Selection([named], True, [0.9]), entity_named=True).reason == "requested"
 
 
 def test_past_a_low_confidence_only_the_named_entitys_passages_ground_the_answer():
