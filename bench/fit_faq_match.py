@@ -51,6 +51,21 @@ FIT_PARTS = ("fit",)
 CROSS = "support"  # the cross-encoder whose logits bench/faq_decision_data.py recorded (x_support)
 
 
+FAQ_EMBEDDER = "faq-minilm-lora"  # the FAQ embedder's adapter folder beside faq-match.json
+COSINES = "stock"  # which embedder's cosines the features read: stock, tuned (ft_*), both (--cosines)
+
+
+def hit_features(hits: list[dict]) -> list[list[float]]:
+    """The matcher's features of each FAQ hit of one question (``features_from``, shared with
+    serving), from the cosines ``COSINES`` names."""
+    keys = ("ft_q", "ft_t", "ft_s") if COSINES == "tuned" else ("cos_q", "cos_t", "cos_s")
+    items = [(f["score"], f["question"], f[keys[0]], f[keys[1]], f[keys[2]], f["x_support"]) for f in hits]
+    out = [features_from(items, j) for j in range(len(items))]
+    if COSINES == "both":
+        out = [x + [f["ft_q"], f["ft_t"], f["ft_s"]] for x, f in zip(out, hits)]
+    return out
+
+
 def groups(rows: list[dict], removed: bool = True) -> list[dict]:
     """One group per question (and, with ``removed``, per gold-removed question): the features
     of each of its FAQ hits, which of them is an expected entry, and its row."""
@@ -65,9 +80,8 @@ def groups(rows: list[dict], removed: bool = True) -> list[dict]:
             if rest:
                 variants.append((rest, {**r, "kind": "gold_removed"}))
         for hits, row in variants:
-            items = [(f["score"], f["question"], f["cos_q"], f["cos_t"], f["cos_s"], f["x_support"]) for f in hits]
             answerable = row["kind"] in ("in_scope", "trap")
-            out.append({"x": [features_from(items, j) for j in range(len(items))],
+            out.append({"x": hit_features(hits),
                         "right": [bool(answerable and f["right"]) for f in hits], "row": row})
     return out
 
@@ -145,12 +159,17 @@ def main() -> None:
     ap.add_argument("--removed-in-thresholds", action="store_true",
                     help="count the gold-removed variants in the thresholds' precision too")
     ap.add_argument("--write", action="store_true", help=f"write the weights into {MATCH_FILE}")
+    ap.add_argument("--cosines", choices=("stock", "tuned", "both"), default="stock",
+                    help="the stock embedder's cosines, the FAQ embedder's (ft_*: faq_decision_data --faq-embedder) or both")
     args = ap.parse_args()
+    global COSINES
+    COSINES = args.cosines
     rows = [json.loads(line) for line in args.rows.open()]
     fit = groups([r for r in rows if r["part"] in FIT_PARTS])
     model, direct, clarify = fit_matcher(fit, args.precision, args.removed_in_thresholds)
     cross_meta = json.loads((BUNDLED_CROSS[CROSS] / "selector.json").read_text())
-    result = {"features": FEATURES, "cross": CROSS, "embedder": cross_meta["embedder"], "weights": [round(float(w), 4) for w in model.coef_[0]],
+    cosines = {"cosines": COSINES} | ({"faq_embedder": FAQ_EMBEDDER} if COSINES != "stock" else {})
+    result = {"features": FEATURES, **cosines, "cross": CROSS, "embedder": cross_meta["embedder"], "weights": [round(float(w), 4) for w in model.coef_[0]],
               "bias": round(float(model.intercept_[0]), 4), "direct": direct, "clarify": clarify,
               "precision_target": args.precision, "fitted_on": list(FIT_PARTS),
               "fit_questions": len(fit), "fit_sources": sorted({g["row"].get("source", "benchmark") for g in fit}), "fit_pairs": sum(len(g["right"]) for g in fit),
@@ -164,6 +183,8 @@ def main() -> None:
     if args.write:
         current = json.loads(MATCH_FILE.read_text()) if MATCH_FILE.is_file() else {}
         current.update(result)
+        if COSINES == "stock":
+            current.pop("faq_embedder", None)
         current["figures"] = figures
         MATCH_FILE.write_text(json.dumps(current, indent=1) + "\n")
         print(f"wrote {MATCH_FILE}")

@@ -28,7 +28,7 @@ from bot.handoff import HandoffDesk
 from bot.pipeline import TurnPipeline
 from bot.selection import Selector, build_selector
 from bot.webhooks import Webhooks
-from retrieval.embedder import build_embedder
+from retrieval.embedder import SentenceTransformerEmbedder, build_embedder
 from retrieval.hybrid import HybridRetriever
 from retrieval.knowledge import KnowledgeBase
 from retrieval.snapshot import LiveSnapshot, SnapshotStore, StoredVectors
@@ -141,11 +141,17 @@ class Components:
                               "with, refit it (bench/train_checker.py), or set dialogue.checker to "
                               "'overlap' (word overlap) or '' (no checking)") from exc
 
+    def adapted_embedder(self, adapter) -> Embedder:
+        """The configured embedder model with the LoRA adapter folder ``adapter`` merged (the FAQ
+        matcher's own embedder); loaded now, so a broken adapter fails at start-up."""
+        return SentenceTransformerEmbedder(self.settings.embedder, adapter=adapter).load()
+
     @cached_property
     def faq_matcher(self) -> FAQMatcher | None:
         """P(the top FAQ entry answers the question) (``dialogue.faq_matcher``; "" = none)."""
         return self._part("faq_matcher", lambda: load_matcher(
-            self.settings.dialogue.faq_matcher, self.embedder, self.settings.dialogue.selector_threads))
+            self.settings.dialogue.faq_matcher, self.embedder, self.settings.dialogue.selector_threads,
+            self.adapted_embedder))
 
     @cached_property
     def conversations(self) -> ConversationStore:
@@ -175,7 +181,8 @@ class Components:
         checker = (self.checker if dialogue.checker == self.settings.dialogue.checker
                    else self._load_checker(dialogue.checker))
         matcher = (self.faq_matcher if dialogue.faq_matcher == self.settings.dialogue.faq_matcher
-                   else load_matcher(dialogue.faq_matcher, self.embedder, dialogue.selector_threads))
+                   else load_matcher(dialogue.faq_matcher, self.embedder, dialogue.selector_threads,
+                                     self.adapted_embedder))
         return TurnPipeline(self.retriever(bot), selector, gen, ExtractiveGenerator(), dialogue,
                             checker=checker, embedder=self.embedder, matcher=matcher)
 

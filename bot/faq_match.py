@@ -28,6 +28,13 @@ with "gold removed" negatives (each question asked once more with its answer tak
 FAQ), and stored in ``faq-match.json`` with the figures on the held-out companies and a
 leave-one-company-out check on the fit ones.
 
+The cosines are read with the FAQ embedder when ``faq-match.json`` says so (``cosines``:
+"tuned"): the retriever's MiniLM with a LoRA adapter (``faq_embedder``, 2.7 MB beside it) trained
+to put a visitor's question close to the entry that answers it and away from the site's other
+entries and from "none of them" (``bench/train_faq_embedder.py``; the matcher's weights and
+thresholds are then fitted on out-of-fold cosines: each fit company's from an adapter that never
+saw it). The retriever itself keeps the stock model (its index is unchanged).
+
 It applies to flat knowledge bases only (FAQ pages, help articles: passages that name no entity,
 ``cross_selector.pool_kind``); in a base of entities (hotels, products with reviews) the selector
 decides as before.
@@ -88,37 +95,58 @@ class FAQMatcher:
     """``match(message, hits) -> FAQMatch | None``: the FAQ entry of ``hits`` most likely to
     answer ``message`` and that P (None when the hits hold no FAQ entry or are about entities)."""
 
-    def __init__(self, meta: dict, cross: CrossSelector, embedder):
+    def __init__(self, meta: dict, cross: CrossSelector, embedder, tuned=None):
         self.weights = np.asarray(meta["weights"], np.float64)
         self.bias = float(meta["bias"])
         self.direct = float(meta["direct"])
         self.clarify = float(meta["clarify"])
         self.cross = cross
         self.embedder = embedder
+        # ``cosines``: whose cosines the features read: the retriever's embedder ("stock"), the FAQ
+        # embedder ``tuned`` (the stock model with the ``faq_embedder`` LoRA adapter merged,
+        # bench/train_faq_embedder.py: "tuned"), or both (three more features).
+        self.cosines = meta.get("cosines", "stock")
+        self.tuned = tuned
         self.meta = meta
         # An entry's question, text and answer sentences are the same on every turn: embedded once
         # (about 40 texts a turn otherwise, most of a direct reply's time on 2 cores).
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Vectors of entry ``texts``, from the cache where it has them."""
+    def _embed(self, texts: Sequence[str], embedder) -> np.ndarray:
+        """Vectors of entry ``texts`` by ``embedder``, from the cache where it has them."""
+        keys = [(id(embedder), t) for t in texts]
         with self._lock:
-            found = {t: self._vectors[t] for t in texts if t in self._vectors}
-            for text in found:
-                self._vectors.move_to_end(text)
-        missing = list(dict.fromkeys(t for t in texts if t not in found))
+            found = {k: self._vectors[k] for k in keys if k in self._vectors}
+            for key in found:
+                self._vectors.move_to_end(key)
+        missing = list(dict.fromkeys(k for k in keys if k not in found))
         if missing:
-            found.update(zip(missing, self.embedder.embed(missing)))
+            found.update(zip(missing, embedder.embed([t for _, t in missing])))
             with self._lock:
-                for text in missing:
-                    self._vectors[text] = found[text]
+                for key in missing:
+                    self._vectors[key] = found[key]
                 while len(self._vectors) > CACHE:
                     self._vectors.popitem(last=False)
-        return np.asarray([found[t] for t in texts], np.float32)
+        return np.asarray([found[k] for k in keys], np.float32)
+
+    def cosines_of(self, message: str, faq: Sequence[Hit], sentences: list[list[str]], embedder) -> tuple:
+        """(cos_q, cos_t, cos_s) of ``message`` with each entry of ``faq`` by ``embedder``."""
+        n = len(faq)
+        query = embedder.embed([message])[0]
+        cos = self._embed([h.question or h.text for h in faq] + [h.text for h in faq]
+                          + [x for ss in sentences for x in ss], embedder) @ query
+        cos_q, cos_t, cos_sent = cos[:n], cos[n:2 * n], cos[2 * n:]
+        cos_s, at = [], 0
+        for ss in sentences:  # the answer sentence closest to the message
+            cos_s.append(float(cos_sent[at:at + len(ss)].max()) if ss else 0.0)
+            at += len(ss)
+        return cos_q, cos_t, cos_s
 
     @classmethod
-    def load(cls, path: str | Path, embedder, threads: int = 1) -> "FAQMatcher":
+    def load(cls, path: str | Path, embedder, threads: int = 1, adapted=None) -> "FAQMatcher":
+        """The matcher fitted in ``path``; ``adapted(adapter_dir) -> Embedder`` builds the FAQ
+        embedder (the retriever's model with that LoRA adapter merged) when its cosines need it."""
         path = Path(path).expanduser()
         try:
             meta = json.loads(path.read_text(encoding="utf-8"))
@@ -130,8 +158,17 @@ class FAQMatcher:
         have = getattr(embedder, "model_id", None)
         if have != meta["embedder"]:
             raise ConfigError(f"{path}: fitted behind embedder {meta['embedder']!r}, the retriever uses {have!r}")
+        cosines = meta.get("cosines", "stock")
+        if cosines not in ("stock", "tuned", "both"):
+            raise ConfigError(f"{path}: cosines must be stock, tuned or both, not {cosines!r}")
+        tuned = None
+        if cosines != "stock":
+            if not meta.get("faq_embedder") or adapted is None:
+                raise ConfigError(f"{path}: its cosines are the FAQ embedder's, and it names none (faq_embedder) "
+                                  "or no way to build it was given")
+            tuned = adapted(path.parent / meta["faq_embedder"])
         cross_dir = BUNDLED_CROSS.get(meta["cross"]) or (path.parent / meta["cross"])
-        return cls(meta, CrossSelector.shared(cross_dir, threads, embedder), embedder)
+        return cls(meta, CrossSelector.shared(cross_dir, threads, embedder), embedder, tuned)
 
     def probability(self, feats: Sequence[float]) -> float:
         z = float(self.weights @ np.asarray(feats, np.float64)) + self.bias
@@ -144,19 +181,16 @@ class FAQMatcher:
         if not faq:
             return None
         sentences = [answer_sentences(h.faq_answer) for h in faq]
-        n = len(faq)
-        query = self.embedder.embed([message])[0]
-        cos = self._embed([h.question or h.text for h in faq] + [h.text for h in faq]
-                          + [x for ss in sentences for x in ss]) @ query
-        cos_q, cos_t, cos_sent = cos[:n], cos[n:2 * n], cos[2 * n:]
-        cos_s, at = [], 0
-        for ss in sentences:  # the answer sentence closest to the message
-            cos_s.append(float(cos_sent[at:at + len(ss)].max()) if ss else 0.0)
-            at += len(ss)
+        cos_q, cos_t, cos_s = self.cosines_of(message, faq, sentences,
+                                              self.tuned if self.cosines == "tuned" else self.embedder)
         logits = self.cross.logits(message, [pair_text(h, 0) for h in faq])
         items = [(float(h.score), h.question, float(q), float(t), s_, float(x))
                  for h, q, t, s_, x in zip(faq, cos_q, cos_t, cos_s, logits)]
-        p = [self.probability(features_from(items, j)) for j in range(len(faq))]
+        feats = [features_from(items, j) for j in range(len(faq))]
+        if self.cosines == "both":
+            extra = self.cosines_of(message, faq, sentences, self.tuned)
+            feats = [f + [float(extra[0][j]), float(extra[1][j]), float(extra[2][j])] for j, f in enumerate(feats)]
+        p = [self.probability(f) for f in feats]
         order = sorted(range(len(faq)), key=lambda j: (-p[j], j))  # ties: the retriever's order
         best = order[0]
         rival = next((j for j in order[1:] if question_key(faq[j].question) != question_key(faq[best].question)), None)
@@ -164,9 +198,10 @@ class FAQMatcher:
                         0.0 if rival is None else p[rival])
 
 
-def load_matcher(name: str, embedder, threads: int = 1) -> FAQMatcher | None:
+def load_matcher(name: str, embedder, threads: int = 1, adapted=None) -> FAQMatcher | None:
     """The matcher ``dialogue.faq_matcher`` names: ``""`` none, ``"default"`` the bundled one
-    (None when the retriever's embedder is not the one it was fitted behind), else a path (strict)."""
+    (None when the retriever's embedder is not the one it was fitted behind), else a path (strict).
+    ``adapted``: as for ``FAQMatcher.load``."""
     if not name:
         return None
     if name == "default":
@@ -178,5 +213,5 @@ def load_matcher(name: str, embedder, threads: int = 1) -> FAQMatcher | None:
             return None
         if fitted_for != getattr(embedder, "model_id", None):
             return None
-        return FAQMatcher.load(MATCH_FILE, embedder, threads)
-    return FAQMatcher.load(name, embedder, threads)
+        return FAQMatcher.load(MATCH_FILE, embedder, threads, adapted)
+    return FAQMatcher.load(name, embedder, threads, adapted)

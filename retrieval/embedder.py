@@ -35,8 +35,11 @@ class SentenceTransformerEmbedder:
     spreads one batch over all cores.
     """
 
-    def __init__(self, settings: EmbedderSettings):
+    def __init__(self, settings: EmbedderSettings, adapter: str | Path | None = None):
         self.settings = settings
+        # A peft LoRA adapter folder merged into the model at load (the FAQ matcher's own
+        # embedder: ``bench/train_faq_embedder.py``); its weights' digest is part of ``model_id``.
+        self.adapter = Path(adapter).expanduser() if adapter else None
         self._model = None
         self._lock = threading.Lock()
         self._model_id = ""
@@ -73,10 +76,28 @@ class SentenceTransformerEmbedder:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot load embedder model {self.settings.model!r}: {exc}") from exc
         model.max_seq_length = self.settings.max_seq_length
+        if self.adapter is not None:
+            model_id += f"+{self._merge(model)}"
         model.eval()
         self._model = model
         self._model_id = f"{model_id}/seq{self.settings.max_seq_length}"
         return self
+
+    def _merge(self, model) -> str:
+        """Merge ``self.adapter`` into the transformer of ``model``; returns its id (folder name
+        and weights digest)."""
+        weights = self.adapter / "adapter_model.safetensors"
+        if not (self.adapter / "adapter_config.json").is_file() or not weights.is_file():
+            raise ConfigError(f"embedder adapter {str(self.adapter)!r}: no adapter_config.json and "
+                              "adapter_model.safetensors there")
+        from peft import PeftModel
+
+        module = model[0]
+        try:
+            module.auto_model = PeftModel.from_pretrained(module.auto_model, str(self.adapter)).merge_and_unload()
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise ConfigError(f"embedder adapter {str(self.adapter)!r}: cannot load it: {exc}") from exc
+        return f"{self.adapter.name}#{hashlib.sha1(weights.read_bytes()).hexdigest()[:10]}"
 
     @property
     def model(self):

@@ -95,3 +95,28 @@ def test_minilm_batches_and_threads_give_the_same_vectors(minilm):
     np.testing.assert_allclose(np.vstack(parallel[: len(texts)]), serial, atol=1e-5)
     np.testing.assert_allclose(np.vstack(parallel[len(texts):]), serial, atol=1e-5)
     assert minilm.embed([]).shape == (0, 384)
+
+
+@pytest.mark.slow
+def test_a_lora_adapter_is_merged_at_load_and_named_in_the_model_id(tmp_path, minilm):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel
+
+    model = get_peft_model(AutoModel.from_pretrained(str(minilm_dir())),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"]))
+    torch.manual_seed(0)
+    with torch.no_grad():  # LoRA's B starts at zero (a no-op adapter): give it weights
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    adapter = tmp_path / "faq-lora"
+    model.save_pretrained(str(adapter))
+    tuned = SentenceTransformerEmbedder(EmbedderSettings(), adapter=adapter).load()
+    assert tuned.model_id.startswith(minilm.model_id.rsplit("/seq", 1)[0] + "+faq-lora#")
+    assert tuned.model_id != minilm.model_id
+    a, b = minilm.embed(TEXTS[:3]), _check_contract(tuned, TEXTS[:3])
+    assert float(np.abs(a - b).max()) > 1e-3  # the merged weights are not the stock ones
+    assert (a * b).sum(1).min() > 0.5  # but the same model underneath
+    with pytest.raises(ConfigError, match="adapter_config.json"):
+        SentenceTransformerEmbedder(EmbedderSettings(), adapter=tmp_path / "missing").load()

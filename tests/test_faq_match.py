@@ -56,6 +56,11 @@ def test_the_bundled_matcher_is_fitted_and_records_its_figures():
     assert 0 < meta["clarify"] <= meta["direct"] < 1
     assert meta["fitted_on"] == ["fit"]
     assert "held_out" in meta["figures"]
+    if meta.get("cosines", "stock") != "stock":  # its FAQ embedder ships beside it, with its record
+        adapter = MATCH_FILE.parent / meta["faq_embedder"]
+        record = json.loads((adapter / "embedder.json").read_text())
+        assert (adapter / "adapter_model.safetensors").stat().st_size < 5_000_000
+        assert record["folds"] and record["held_out_top1"]["tuned"]["held_out"]["n"] > 0
 
 
 def test_a_wrong_embedder_turns_the_default_off_and_a_path_refuses_it():
@@ -66,6 +71,23 @@ def test_a_wrong_embedder_turns_the_default_off_and_a_path_refuses_it():
     assert load_matcher("", HashingEmbedder(32)) is None
     with pytest.raises(ConfigError, match="embedder"):
         FAQMatcher.load(MATCH_FILE, HashingEmbedder(32))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change, error", [({"cosines": "tuned", "faq_embedder": ""}, "names none"),
+                                           ({"cosines": "fine-tuned"}, "stock, tuned or both"),
+                                           ({"cosines": "tuned", "faq_embedder": "no-such-adapter"}, "adapter_config")])
+def test_a_matcher_whose_faq_embedder_is_missing_is_a_clear_config_error(tmp_path, minilm, change, error):
+    from bot.core.errors import ConfigError
+
+    meta = json.loads(MATCH_FILE.read_text()) | change
+    path = tmp_path / "faq-match.json"
+    path.write_text(json.dumps(meta))
+    from bot.core.settings import EmbedderSettings
+    from retrieval.embedder import SentenceTransformerEmbedder
+
+    with pytest.raises(ConfigError, match=error):
+        FAQMatcher.load(path, minilm, adapted=lambda d: SentenceTransformerEmbedder(EmbedderSettings(), d).load())
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +139,10 @@ def test_entry_texts_are_embedded_once_and_the_verdict_is_the_same(sample_bot):
             return self.inner.embed(texts)
 
     bundled = sample_bot.matcher
-    counting = Counting(bundled.embedder)
-    matcher = FAQMatcher(bundled.meta, bundled.cross, counting)
+    # the embedder whose cosines the features read (the FAQ embedder when the matcher has one)
+    counting = Counting(bundled.tuned or bundled.embedder)
+    matcher = (FAQMatcher(bundled.meta, bundled.cross, bundled.embedder, counting) if bundled.tuned
+               else FAQMatcher(bundled.meta, bundled.cross, counting))
     message = "when do you take the money from my card"
     hits = sample_bot.retrieve(message, [])
     first = matcher.match(message, hits)
