@@ -110,7 +110,7 @@ class FAQMatcher:
         self.meta = meta
         # An entry's question, text and answer sentences are the same on every turn: embedded once
         # (about 40 texts a turn otherwise, most of a direct reply's time on 2 cores).
-        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._vectors: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()  # (embedder, text)
         self._lock = threading.Lock()
 
     def _embed(self, texts: Sequence[str], embedder) -> np.ndarray:
