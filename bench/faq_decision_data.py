@@ -46,18 +46,7 @@ def main() -> None:
                     help="also StackFAQ dev (its threads split as the cross-encoder's selector.json says)")
     ap.add_argument("--no-paraphrases", dest="paraphrases", action="store_false",
                     help="only the benchmark's questions.json (not the companies' paraphrases.json)")
-    ap.add_argument("--faq-embedder", type=Path, default=None,
-                    help="also each hit's cosines by the embedder with this LoRA adapter (ft_q, ft_t, ft_s)")
-    ap.add_argument("--augment", type=Path, default=None,
-                    help="only add --faq-embedder's cosines to the rows of this file (rewritten in place)")
-    ap.add_argument("--sites", default="", help="with --augment: only the rows of these sites (comma-separated)")
     args = ap.parse_args()
-    if args.augment:
-        rows = [json.loads(line) for line in args.augment.open()]
-        only = {x for x in args.sites.split(",") if x}
-        tuned_cosines([r for r in rows if not only or r["site"] in only], args.faq_embedder)
-        args.augment.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        return
     work = Path(tempfile.mkdtemp(prefix="faqdec-", dir=REPO / "var"))
     build_generated_files(work)
     settings = Settings(data_dir=work / "data")
@@ -85,10 +74,6 @@ def main() -> None:
                 fh.write(json.dumps({**row, "source": q["source"]}) + "\n")
         if args.stackfaq.is_dir():
             stackfaq(args, settings, embedder, crosses, fh)
-    if args.faq_embedder:
-        rows = [json.loads(line) for line in args.out.open()]
-        tuned_cosines(rows, args.faq_embedder)
-        args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def stackfaq(args, settings, embedder, crosses, fh) -> None:
@@ -116,22 +101,20 @@ def stackfaq(args, settings, embedder, crosses, fh) -> None:
 
 def tuned_cosines(rows: list[dict], adapter: Path) -> None:
     """Add ``ft_q``, ``ft_t``, ``ft_s`` to every FAQ hit of ``rows``: the cosines ``cos_q``,
-    ``cos_t``, ``cos_s`` are of, by the stock embedder with the LoRA adapter ``adapter`` merged."""
+    ``cos_t``, ``cos_s`` are of, by the stock embedder with the LoRA adapter ``adapter`` merged.
+    ``bench/train_faq_embedder.py`` calls it, each fit company's rows with the adapter that never
+    saw that company (the matcher's thresholds are fitted on those)."""
     from bot.core.settings import EmbedderSettings
     from retrieval.embedder import SentenceTransformerEmbedder
 
     tuned = SentenceTransformerEmbedder(EmbedderSettings(), adapter=adapter).load()
     rows = [r for r in rows if r["faq"]]
     sentences = [[answer_sentences(f["answer"]) for f in r["faq"]] for r in rows]
-    texts = {}  # every distinct text once (the entries recur across questions)
-    for r, ss in zip(rows, sentences):
-        for t in [r["q"]] + [f["question"] or f["text"] for f in r["faq"]] + [f["text"] for f in r["faq"]]:
-            texts.setdefault(t, len(texts))
-        for x in (x for s_ in ss for x in s_):
-            texts.setdefault(x, len(texts))
+    texts = {t for r, ss in zip(rows, sentences)  # every distinct text once (entries recur across questions)
+             for t in [r["q"]] + [f["question"] or f["text"] for f in r["faq"]] + [f["text"] for f in r["faq"]]
+             + [x for s_ in ss for x in s_]}
     order = sorted(texts, key=len)  # similar lengths batched together
-    vecs = tuned.embed(order)
-    vec = {t: vecs[i] for i, t in enumerate(order)}
+    vec = dict(zip(order, tuned.embed(order)))
     for r, ss in zip(rows, sentences):
         q = vec[r["q"]]
         for f, s_ in zip(r["faq"], ss):

@@ -160,7 +160,7 @@ def main() -> None:
                     help="count the gold-removed variants in the thresholds' precision too")
     ap.add_argument("--write", action="store_true", help=f"write the weights into {MATCH_FILE}")
     ap.add_argument("--cosines", choices=("stock", "tuned", "both"), default="stock",
-                    help="the stock embedder's cosines, the FAQ embedder's (ft_*: faq_decision_data --faq-embedder) or both")
+                    help="the stock embedder's cosines, the FAQ embedder's (ft_*: bench/train_faq_embedder.py writes them into --rows) or both")
     args = ap.parse_args()
     global COSINES
     COSINES = args.cosines

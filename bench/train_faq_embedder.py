@@ -21,7 +21,8 @@ Reported on what it never saw: the held-out companies (and the sample FAQ) and S
 threads, stock MiniLM against the adapter, the right entry's rank among the retrieved hits.
 
     python bench/faq_decision_data.py --top 8
-    python bench/train_faq_embedder.py --out var/exp/faq-embedder
+    python bench/train_faq_embedder.py --out bot/selectors/faq-minilm-lora
+    python bench/fit_faq_match.py --cosines tuned --write
 """
 from __future__ import annotations
 
@@ -99,25 +100,25 @@ def dstc11_groups(data: Path) -> list[dict]:
         gold = [g for g in d.get("gold_doc_ids") or [] if g in faq]
         if not d.get("target") or not gold:
             continue
-        ids = by_entity[gold[0].rsplit(":faq:", 1)[0]]
+        entity = gold[0].rsplit(":faq:", 1)[0]
+        ids = by_entity[entity]
         out.append({"q": d["turns"][-1]["text"], "cands": [faq[i] for i in ids],
                     "pos": [j for j, i in enumerate(ids) if i in gold], "source": "dstc11", "removed": [],
-                    "pool": gold[0].rsplit(":faq:", 1)[0]})
+                    "pool": entity})
     return out
 
 
 class Encoder:
     """Mean-pooled, L2-normalised MiniLM (what sentence-transformers computes for it)."""
 
-    def __init__(self, adapter: str | None = None, rank: int = 0, max_length: int = 128):
-        from peft import LoraConfig, PeftModel, get_peft_model
+    def __init__(self, rank: int = 0, max_length: int = 128):
+        """The stock model, or with ``rank`` a fresh LoRA adapter on it to train."""
+        from peft import LoraConfig, get_peft_model
         from transformers import AutoModel, AutoTokenizer
 
         self.tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
         model = AutoModel.from_pretrained(str(minilm_dir()))
-        if adapter:
-            model = PeftModel.from_pretrained(model, adapter)
-        elif rank:
+        if rank:
             model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.05,
                                                      target_modules=["query", "key", "value", "dense"]))
         self.model = model
