@@ -14,6 +14,7 @@ the sources it would ground a turn in. Nothing here stores anything.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 from bot.checker import Checker
@@ -80,8 +81,13 @@ class ReplyStream(Iterator[str]):
 
 
 def topic_text(hit: Hit) -> str:
-    """The words a clarifying question offers ``hit`` with: an FAQ entry's question, else its title."""
-    return (hit.question or str(hit.title or "")).strip()
+    """The words a clarifying question offers ``hit`` with: an FAQ entry's question, else its
+    title; ``""`` (not a topic) when that title is only the file's name: an uploaded ``faq.txt``
+    is titled "faq", and "Are you asking about “faq”?" tells the visitor nothing."""
+    if hit.question:
+        return hit.question
+    title = str(hit.title or "").strip()
+    return "" if title.casefold() == PurePath(str(hit.doc_id or "")).stem.casefold() else title
 
 
 class TurnPipeline:
@@ -125,6 +131,11 @@ class TurnPipeline:
         hits = list(hits)
         decision = decide(message, hits, self.settings)
         match = self.match(message, hits, decision)
+        if match is not None and not hits[0].faq_answer and match.probability < self.matcher.direct:
+            # Below a page's intro text (or a glossary), an entry the matcher is sure of is still
+            # the reply; one it is not sure of leaves the decision to the retrieval path, which
+            # may answer from that text.
+            match = None
         if match is not None:
             decision = with_match(decision, match.probability, self.matcher.direct, self.matcher.clarify)
             topics = [match.entry]
@@ -172,9 +183,9 @@ class TurnPipeline:
         return Plan(Decision(ANSWER, DIRECT, float(entry.confidence)), hits, [entry])
 
     def match(self, message: str, hits: Sequence[Hit], decision: Decision) -> "FAQMatch | None":
-        """The FAQ matcher's verdict when it decides: a flat knowledge base whose top hit is an FAQ
-        entry (``bot/faq_match.py``), and neither a request for a person nor an empty retrieval."""
-        if self.matcher is None or not hits or not hits[0].faq_answer or decision.reason in ("requested", "no_knowledge"):
+        """The FAQ matcher's verdict: a flat knowledge base whose hits hold an FAQ entry
+        (``bot/faq_match.py``), and neither a request for a person nor an empty retrieval."""
+        if self.matcher is None or not hits or decision.reason in ("requested", "no_knowledge"):
             return None
         return self.matcher.match(message, hits)
 
@@ -190,6 +201,12 @@ class TurnPipeline:
         topics: list[str] = []
         offered: list[Hit] = []
         top = float(hits[0].confidence) if hits else 0.0
+        close = [h for h in hits if float(h.confidence) >= self.settings.clarify_ratio * top]
+        if any(h.question for h in close):
+            # An FAQ entry is a topic the visitor can pick; a page's intro text next to it is not
+            # (its title is the page's: "Returns & Refunds" offered beside "How long do I have
+            # to return something?").
+            hits = [h for h in close if h.question]
         for h in hits:
             topic = topic_text(h)
             if offered and float(h.confidence) < self.settings.clarify_ratio * top:

@@ -587,3 +587,18 @@ def test_clarify_offers_a_second_topic_only_when_it_is_close():
     far = [faq(1, "How long is the warranty?", 0.30), faq(2, "Is an item missing from my order?", 0.05)]
     text, offered = pipeline.clarify(far)
     assert [h.chunk_id for h in offered] == [1] and "missing" not in text
+
+
+def test_clarify_offers_entries_not_a_page_intro_nor_a_file_name():
+    settings = dialogue_settings(clarify_ratio=0.5)
+    pipeline = TurnPipeline(None, RuleSelector(settings), None, ExtractiveGenerator(), settings)
+    intro = Hit(chunk_id=1, doc_id="returns.md", title="Returns & Refunds", text="Not the right fit? ...",
+                score=1.0, confidence=0.40)
+    entry = Hit(chunk_id=2, doc_id="returns.md", title="Returns & Refunds", text="How long do I have?",
+                score=0.9, confidence=0.35, metadata={"question": "How long do I have to return something?"})
+    text, offered = pipeline.clarify([intro, entry])
+    assert [h.chunk_id for h in offered] == [2] and "Returns & Refunds" not in text
+    bare = Hit(chunk_id=3, doc_id="faq.txt", title="faq", text="Crumb & Co. bakes every night.", score=1.0,
+               confidence=0.40)
+    text, offered = pipeline.clarify([bare])
+    assert "\u201cfaq\u201d" not in text and "something in our help center" in text

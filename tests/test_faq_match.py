@@ -151,3 +151,19 @@ def test_entry_texts_are_embedded_once_and_the_verdict_is_the_same(sample_bot):
     assert cold > 10 and counting.texts - cold == 1, "only the visitor's message is embedded again"
     assert again.entry.question == first.entry.question == bundled.match(message, hits).entry.question
     assert again.probability == pytest.approx(first.probability, abs=1e-5)
+
+
+def test_below_a_pages_intro_a_sure_entry_is_still_the_reply(sample_bot):
+    message = "when do you take the money from my card"
+    hits = sample_bot.retrieve(message, [])
+    intro = [h for h in hits if not h.faq_answer]
+    assert intro, "the sample FAQ's pages have intro text"
+    first = [intro[0]] + [h for h in hits if h is not intro[0]]
+    plan = sample_bot.plan(message, first)
+    assert plan.direct and plan.sources[0].question == "When is my card charged?"
+    # one the matcher is not sure of is left to the retrieval path: never the matcher's clarify
+    unsure = "what is the capital of Australia?"
+    hits = sample_bot.retrieve(unsure, [])
+    intro = [h for h in hits if not h.faq_answer]
+    plan = sample_bot.plan(unsure, [intro[0]] + [h for h in hits if h is not intro[0]])
+    assert plan.decision.action != ANSWER and not plan.topics
