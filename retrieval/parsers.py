@@ -265,8 +265,11 @@ def _jsonl_doc(name: str, line: str) -> ParsedDocument:
     if not isinstance(title, str) or not isinstance(metadata, dict):
         raise ValueError("'title' must be a string and 'metadata' an object")
     faq = bool(question and answer)
+    # An entry's section, as a CSV's section/category/topic column gives it.
+    group = next((str(obj[k]).strip() for k in _SECTION_COLUMNS if isinstance(obj.get(k), str) and obj[k].strip()), "")
     section = Section(text=text.strip(), heading=title, kind="faq" if faq else "text",
-                      question=question if faq else "", answer=answer if faq else "")
+                      question=question if faq else "", answer=answer if faq else "",
+                      metadata={"section": group} if faq and group else {})
     return ParsedDocument(external_id=str(doc_id), title=title or str(doc_id), sections=[section],
                           source=name, mime="application/jsonl", metadata=dict(metadata))
 

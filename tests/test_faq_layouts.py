@@ -195,6 +195,16 @@ def test_q_a_lines_without_blank_lines_and_an_inline_answer_are_separate_entries
     ]
 
 
+def test_numbered_q_and_a_markers_are_stripped_but_a_sentence_starting_with_a_stays():
+    text = ("Q1. How much is a lesson?\nA1. 38 pounds an hour.\n\nQ2. Is there a discount?\n"
+            "A2) A 10% discount on blocks of 10 hours.\n\nQ3. Do you teach on Sundays?\nA 2-hour slot at 9 am only.\n")
+    assert faqs("faq.txt", text) == [
+        ("How much is a lesson?", "38 pounds an hour.", ""),
+        ("Is there a discount?", "A 10% discount on blocks of 10 hours.", ""),
+        ("Do you teach on Sundays?", "A 2-hour slot at 9 am only.", ""),
+    ]
+
+
 def test_a_bold_question_with_its_answer_on_the_same_line():
     md = "**How do I pay?** By card or PayPal.\n\n**Can I pay later?** No, we need payment upfront.\n"
     assert faqs("pay.md", md) == [("How do I pay?", "By card or PayPal.", ""),
