@@ -41,8 +41,8 @@ STRONG_OPEN, STRONG_CLOSE = "\ue002", "\ue003"
 
 _OPEN = r"(?:\*\*|__|\*|_|\ue002)"
 _CLOSE = r"(?:\*\*|__|\*|_|\ue003)"
-# "Q:", "Q.", "Q1.", "Q 1)", "Question:", "Question 3 -" (and "A1." for answers); "." and ")" need a space after them so
-# that "Q.E.D." or "A.M." are not read as markers.
+# "Q:", "Q.", "Q1.", "Q 1)", "Question:", "Question 3 -" (answers likewise: "A1."); "." and ")"
+# need a space after them so that "Q.E.D." or "A.M." are not read as markers.
 _MARK_TAIL = r"\s*#?\s*\d{0,3}\s*(?::|[.)](?=\s)|\s[-\u2013\u2014](?=\s))\s*"
 _Q_MARK = re.compile(rf"^\s*(?:Q|[Qq]uestion|QUESTION){_MARK_TAIL}")
 _A_MARK = re.compile(

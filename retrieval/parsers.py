@@ -266,7 +266,8 @@ def _jsonl_doc(name: str, line: str) -> ParsedDocument:
         raise ValueError("'title' must be a string and 'metadata' an object")
     faq = bool(question and answer)
     # An entry's section, as a CSV's section/category/topic column gives it.
-    group = next((str(obj[k]).strip() for k in _SECTION_COLUMNS if isinstance(obj.get(k), str) and obj[k].strip()), "")
+    group = next((obj[k].strip() for k in _SECTION_COLUMNS
+                  if isinstance(obj.get(k), str) and obj[k].strip()), "")
     section = Section(text=text.strip(), heading=title, kind="faq" if faq else "text",
                       question=question if faq else "", answer=answer if faq else "",
                       metadata={"section": group} if faq and group else {})
