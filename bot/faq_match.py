@@ -89,6 +89,9 @@ class FAQMatch:
     probability: float  # P(it answers the question)
     rival: Hit | None  # the likeliest entry with another question (a second topic to offer)
     rival_probability: float = 0.0
+    # The entries with other questions than ``entry``'s and each other's, likeliest first, with
+    # their P (``rival`` is the first): the topics a clarifying question may offer.
+    rivals: tuple[tuple[Hit, float], ...] = ()
 
 
 class FAQMatcher:
@@ -193,9 +196,13 @@ class FAQMatcher:
         p = [self.probability(f) for f in feats]
         order = sorted(range(len(faq)), key=lambda j: (-p[j], j))  # ties: the retriever's order
         best = order[0]
-        rival = next((j for j in order[1:] if question_key(faq[j].question) != question_key(faq[best].question)), None)
-        return FAQMatch(faq[best], p[best], None if rival is None else faq[rival],
-                        0.0 if rival is None else p[rival])
+        seen, rivals = {question_key(faq[best].question)}, []
+        for j in order[1:]:
+            if question_key(faq[j].question) not in seen:
+                seen.add(question_key(faq[j].question))
+                rivals.append((faq[j], p[j]))
+        rival, rival_p = rivals[0] if rivals else (None, 0.0)
+        return FAQMatch(faq[best], p[best], rival, rival_p, tuple(rivals))
 
 
 def load_matcher(name: str, embedder, threads: int = 1, adapted=None) -> FAQMatcher | None:

@@ -90,6 +90,12 @@ def topic_text(hit: Hit) -> str:
     return "" if title.casefold() == PurePath(str(hit.doc_id or "")).stem.casefold() else title
 
 
+def either(topics) -> str:
+    """“A”, “B” or “C”."""
+    quoted = [f"\u201c{t}\u201d" for t in topics]
+    return " or ".join(filter(None, [", ".join(quoted[:-1]), quoted[-1] if quoted else ""]))
+
+
 class TurnPipeline:
     """Retrieve, plan and stream the reply for one message (see the module docstring)."""
 
@@ -138,9 +144,8 @@ class TurnPipeline:
             match = None
         if match is not None:
             decision = with_match(decision, match.probability, self.matcher.direct, self.matcher.clarify)
-            topics = [match.entry]
-            if match.rival is not None and match.rival_probability >= self.settings.clarify_ratio * match.probability:
-                topics.append(match.rival)
+            close = [h for h, p in match.rivals if p >= self.settings.clarify_ratio * match.probability]
+            topics = [match.entry] + close[: max(self.settings.clarify_topics - 1, 0)]
             return Plan(decision, hits, [match.entry] if decision.reason == DIRECT else [],
                         topics if decision.action == CLARIFY else [])
         named = named_entity(hits) and decision.reason == "low_confidence"
@@ -191,12 +196,12 @@ class TurnPipeline:
 
     # -- what the visitor is shown ---------------------------------------------------------
     def clarify(self, hits: Sequence[Hit], chosen: Sequence[Hit] = ()) -> tuple[str, list[Hit]]:
-        """A clarifying question offering the best topic and, when one is genuinely close to it
-        (confidence at least ``clarify_ratio`` of the top's), a second distinct one; never a topic
-        far below the top. ``chosen``: the topics to offer (a plan's ``topics``), when given."""
+        """A clarifying question offering the best topic and the distinct ones genuinely close to it
+        (confidence at least ``clarify_ratio`` of the top's; ``clarify_topics`` in all at most);
+        never a topic far below the top. ``chosen``: the topics to offer (a plan's ``topics``), when given."""
         if chosen:
             offered = list(chosen)
-            joined = " or ".join(f"\u201c{topic_text(h)}\u201d" for h in offered)
+            joined = either(topic_text(h) for h in offered)
             return self.settings.clarify_message.format(topics=joined), offered
         topics: list[str] = []
         offered: list[Hit] = []
@@ -214,9 +219,9 @@ class TurnPipeline:
             if topic and topic.lower() not in {t.lower() for t in topics}:
                 topics.append(topic)
                 offered.append(h)
-            if len(topics) == 2:
+            if len(topics) >= self.settings.clarify_topics:
                 break
-        joined = " or ".join(f"\u201c{t}\u201d" for t in topics) or "something in our help center"
+        joined = either(topics) or "something in our help center"
         return self.settings.clarify_message.format(topics=joined), offered
 
     def handoff_text(self, decision: Decision) -> str:

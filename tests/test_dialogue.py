@@ -199,7 +199,7 @@ def test_clarify_offers_topics_without_generating(sqlite_comps):
     assert [e.type for e in events] == ["meta", "token", "sources", "done"]
     assert events[0].data["decision"] == CLARIFY and gen.prompts == []
     offered = events[2].data["sources"]
-    assert 1 <= len(offered) <= 2
+    assert 1 <= len(offered) <= 3  # dialogue.clarify_topics
     assert events[1].data["text"].startswith("I'm not sure I understood. Are you asking about \u201c")
     assert sqlite_comps.conversations.get(cid)["status"] == "bot"
     # Each offered topic carries the words it is offered with (the widget's buttons send them),
@@ -602,3 +602,31 @@ def test_clarify_offers_entries_not_a_page_intro_nor_a_file_name():
                confidence=0.40)
     text, offered = pipeline.clarify([bare])
     assert "\u201cfaq\u201d" not in text and "something in our help center" in text
+
+
+def test_a_clarifying_question_offers_up_to_three_close_entries_and_never_a_far_one():
+    from bot.faq_match import FAQMatch
+
+    def entry(i, question, p):
+        return Hit(chunk_id=i, doc_id="faq.csv", title="Warranty", text=f"{question}\nAnswer {i}.", score=1.0 - i / 10,
+                   confidence=0.4, metadata={"question": question, "answer": f"Answer {i}."}), p
+
+    (top, p0), *rivals = [entry(1, "Is a broken zipper covered?", 0.30), entry(2, "How do I make a claim?", 0.25),
+                          entry(3, "What does the warranty cover?", 0.16), entry(4, "Do you repair gear?", 0.07)]
+
+    class Matcher:
+        direct, clarify = 0.45, 0.1
+
+        def match(self, message, hits):
+            return FAQMatch(top, p0, rivals[0][0], rivals[0][1], tuple(rivals))
+
+    settings = dialogue_settings(clarify_ratio=0.5)
+    pipeline = TurnPipeline(None, RuleSelector(settings), None, ExtractiveGenerator(), settings, matcher=Matcher())
+    plan = pipeline.plan("how long is the warranty", [top] + [h for h, _ in rivals])
+    assert plan.decision.action == CLARIFY
+    assert [h.chunk_id for h in plan.topics] == [1, 2, 3]  # 0.07 < 0.5 * 0.30: not offered
+    text, _ = pipeline.clarify(plan.hits, plan.topics)
+    assert "\u201cIs a broken zipper covered?\u201d, \u201cHow do I make a claim?\u201d or \u201cWhat does the warranty cover?\u201d" in text
+    two = TurnPipeline(None, RuleSelector(settings), None, ExtractiveGenerator(),
+                       dialogue_settings(clarify_ratio=0.5, clarify_topics=2), matcher=Matcher())
+    assert [h.chunk_id for h in two.plan("how long is the warranty", [top]).topics] == [1, 2]

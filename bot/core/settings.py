@@ -195,6 +195,9 @@ class DialogueSettings(BaseModel):
     # A clarifying question offers a second topic only when its confidence is at least this share
     # of the top topic's (two genuinely close topics); otherwise it asks about the top one alone.
     clarify_ratio: float = 0.5
+    # At most this many topics (buttons in the widget): "how long is the warranty" on the sample
+    # FAQ has three entries within clarify_ratio of each other, the right one third.
+    clarify_topics: int = 3
     clarify_message: str = (
         "I'm not sure I understood. Are you asking about {topics}? You can rephrase your "
         "question, or ask to talk to a person."
