@@ -87,10 +87,8 @@ def features_from(items: Sequence[tuple[float, str, float, float, float, float]]
 class FAQMatch:
     entry: Hit  # the FAQ entry most likely to answer the question
     probability: float  # P(it answers the question)
-    rival: Hit | None  # the likeliest entry with another question (a second topic to offer)
-    rival_probability: float = 0.0
     # The entries with other questions than ``entry``'s and each other's, likeliest first, with
-    # their P (``rival`` is the first): the topics a clarifying question may offer.
+    # their P: the other topics a clarifying question may offer.
     rivals: tuple[tuple[Hit, float], ...] = ()
 
 
@@ -201,8 +199,7 @@ class FAQMatcher:
             if question_key(faq[j].question) not in seen:
                 seen.add(question_key(faq[j].question))
                 rivals.append((faq[j], p[j]))
-        rival, rival_p = rivals[0] if rivals else (None, 0.0)
-        return FAQMatch(faq[best], p[best], rival, rival_p, tuple(rivals))
+        return FAQMatch(faq[best], p[best], tuple(rivals))
 
 
 def load_matcher(name: str, embedder, threads: int = 1, adapted=None) -> FAQMatcher | None:

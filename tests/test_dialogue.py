@@ -618,7 +618,7 @@ def test_a_clarifying_question_offers_up_to_three_close_entries_and_never_a_far_
         direct, clarify = 0.45, 0.1
 
         def match(self, message, hits):
-            return FAQMatch(top, p0, rivals[0][0], rivals[0][1], tuple(rivals))
+            return FAQMatch(top, p0, tuple(rivals))
 
     settings = dialogue_settings(clarify_ratio=0.5)
     pipeline = TurnPipeline(None, RuleSelector(settings), None, ExtractiveGenerator(), settings, matcher=Matcher())

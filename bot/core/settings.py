@@ -192,8 +192,8 @@ class DialogueSettings(BaseModel):
         "Of course. I've asked a member of our team to join this conversation; they will reply "
         "here as soon as they can."
     )
-    # A clarifying question offers a second topic only when its confidence is at least this share
-    # of the top topic's (two genuinely close topics); otherwise it asks about the top one alone.
+    # A clarifying question offers another topic only when its confidence is at least this share
+    # of the top topic's (genuinely close topics); otherwise it asks about the top one alone.
     clarify_ratio: float = 0.5
     # At most this many topics (buttons in the widget): "how long is the warranty" on the sample
     # FAQ has three entries within clarify_ratio of each other, the right one third.
