@@ -52,21 +52,20 @@ CROSS = "support"  # the cross-encoder whose logits bench/faq_decision_data.py r
 
 
 FAQ_EMBEDDER = "faq-minilm-lora"  # the FAQ embedder's adapter folder beside faq-match.json
-COSINES = "stock"  # which embedder's cosines the features read: stock, tuned (ft_*), both (--cosines)
 
 
-def hit_features(hits: list[dict]) -> list[list[float]]:
+def hit_features(hits: list[dict], cosines: str) -> list[list[float]]:
     """The matcher's features of each FAQ hit of one question (``features_from``, shared with
-    serving), from the cosines ``COSINES`` names."""
-    keys = ("ft_q", "ft_t", "ft_s") if COSINES == "tuned" else ("cos_q", "cos_t", "cos_s")
+    serving), from the embedder's cosines ``cosines`` names: stock, tuned (ft_*) or both."""
+    keys = ("ft_q", "ft_t", "ft_s") if cosines == "tuned" else ("cos_q", "cos_t", "cos_s")
     items = [(f["score"], f["question"], f[keys[0]], f[keys[1]], f[keys[2]], f["x_support"]) for f in hits]
     out = [features_from(items, j) for j in range(len(items))]
-    if COSINES == "both":
+    if cosines == "both":
         out = [x + [f["ft_q"], f["ft_t"], f["ft_s"]] for x, f in zip(out, hits)]
     return out
 
 
-def groups(rows: list[dict], removed: bool = True) -> list[dict]:
+def groups(rows: list[dict], cosines: str, removed: bool = True) -> list[dict]:
     """One group per question (and, with ``removed``, per gold-removed question): the features
     of each of its FAQ hits, which of them is an expected entry, and its row."""
     out = []
@@ -81,7 +80,7 @@ def groups(rows: list[dict], removed: bool = True) -> list[dict]:
                 variants.append((rest, {**r, "kind": "gold_removed"}))
         for hits, row in variants:
             answerable = row["kind"] in ("in_scope", "trap")
-            out.append({"x": hit_features(hits),
+            out.append({"x": hit_features(hits, cosines),
                         "right": [bool(answerable and f["right"]) for f in hits], "row": row})
     return out
 
@@ -134,7 +133,7 @@ def fit_matcher(fit: list[dict], precision: float, removed_in_thresholds: bool =
     return model, direct, clarify
 
 
-def by_company(rows: list[dict], precision: float, removed_in_thresholds: bool) -> dict:
+def by_company(rows: list[dict], cosines: str, precision: float, removed_in_thresholds: bool) -> dict:
     """Leave one fit company out: fit on the others, judge its questions (benchmark and written
     paraphrases, no gold-removed variants) at the thresholds fitted without it."""
     fit_rows = [r for r in rows if r["part"] in FIT_PARTS]
@@ -142,9 +141,9 @@ def by_company(rows: list[dict], precision: float, removed_in_thresholds: bool) 
     # target is answering at most 3% of them), apart from the written near misses.
     counts = {"in_scope": [0, 0], "trap": [0, 0], "out_of_scope": [0, 0], "benchmark_out_of_scope": [0, 0]}
     for company in sorted({r["site"] for r in fit_rows}):
-        model, direct, _ = fit_matcher(groups([r for r in fit_rows if r["site"] != company]), precision,
+        model, direct, _ = fit_matcher(groups([r for r in fit_rows if r["site"] != company], cosines), precision,
                                        removed_in_thresholds)
-        for g in groups([r for r in fit_rows if r["site"] == company], removed=False):
+        for g in groups([r for r in fit_rows if r["site"] == company], cosines, removed=False):
             p, right = best(model, g)
             kind = g["row"]["kind"]
             kinds = [kind] + (["benchmark_out_of_scope"] if kind == "out_of_scope"
@@ -167,28 +166,26 @@ def main() -> None:
     ap.add_argument("--cosines", choices=("stock", "tuned", "both"), default="stock",
                     help="the stock embedder's cosines, the FAQ embedder's (ft_*: bench/train_faq_embedder.py writes them into --rows) or both")
     args = ap.parse_args()
-    global COSINES
-    COSINES = args.cosines
     rows = [json.loads(line) for line in args.rows.open()]
-    fit = groups([r for r in rows if r["part"] in FIT_PARTS])
+    fit = groups([r for r in rows if r["part"] in FIT_PARTS], args.cosines)
     model, direct, clarify = fit_matcher(fit, args.precision, args.removed_in_thresholds)
     cross_meta = json.loads((BUNDLED_CROSS[CROSS] / "selector.json").read_text())
-    cosines = {"cosines": COSINES} | ({"faq_embedder": FAQ_EMBEDDER} if COSINES != "stock" else {})
+    cosines = {"cosines": args.cosines} | ({"faq_embedder": FAQ_EMBEDDER} if args.cosines != "stock" else {})
     result = {"features": FEATURES, **cosines, "cross": CROSS, "embedder": cross_meta["embedder"], "weights": [round(float(w), 4) for w in model.coef_[0]],
               "bias": round(float(model.intercept_[0]), 4), "direct": direct, "clarify": clarify,
               "precision_target": args.precision, "fitted_on": list(FIT_PARTS),
               "fit_questions": len(fit), "fit_sources": sorted({g["row"].get("source", "benchmark") for g in fit}), "fit_pairs": sum(len(g["right"]) for g in fit),
               "fit_positives": sum(sum(g["right"]) for g in fit)}
-    figures = {part: report(model, groups([r for r in rows if r["part"] == part]), direct, clarify)
+    figures = {part: report(model, groups([r for r in rows if r["part"] == part], args.cosines), direct, clarify)
                for part in ("fit", "stackfaq_held", "held_out", "stackfaq_fit") if any(r["part"] == part for r in rows)}
-    figures["fit_leave_one_company_out"] = by_company(rows, args.precision, args.removed_in_thresholds)
+    figures["fit_leave_one_company_out"] = by_company(rows, args.cosines, args.precision, args.removed_in_thresholds)
     print(json.dumps(result))
     for part, fig in figures.items():
         print(part, json.dumps(fig))
     if args.write:
         current = json.loads(MATCH_FILE.read_text()) if MATCH_FILE.is_file() else {}
         current.update(result)
-        if COSINES == "stock":
+        if args.cosines == "stock":
             current.pop("faq_embedder", None)
         current["figures"] = figures
         MATCH_FILE.write_text(json.dumps(current, indent=1) + "\n")
