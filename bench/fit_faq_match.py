@@ -44,10 +44,14 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 
+from bot.core.settings import DialogueSettings  # noqa: E402
 from bot.cross_selector import BUNDLED_CROSS  # noqa: E402
 from bot.faq_match import FEATURES, MATCH_FILE, features_from  # noqa: E402
+from retrieval.types import question_key  # noqa: E402
 
 FIT_PARTS = ("fit",)
+# What a clarifying question offers, as the default settings have it.
+CLARIFY_RATIO, CLARIFY_TOPICS = DialogueSettings().clarify_ratio, DialogueSettings().clarify_topics
 CROSS = "support"  # the cross-encoder whose logits bench/faq_decision_data.py recorded (x_support)
 
 
@@ -80,7 +84,7 @@ def groups(rows: list[dict], cosines: str, removed: bool = True) -> list[dict]:
                 variants.append((rest, {**r, "kind": "gold_removed"}))
         for hits, row in variants:
             answerable = row["kind"] in ("in_scope", "trap")
-            out.append({"x": hit_features(hits, cosines),
+            out.append({"x": hit_features(hits, cosines), "questions": [question_key(f["question"]) for f in hits],
                         "right": [bool(answerable and f["right"]) for f in hits], "row": row})
     return out
 
@@ -90,6 +94,22 @@ def best(model, group) -> tuple[float, bool]:
     p = model.predict_proba(np.array(group["x"]))[:, 1]
     j = int(np.argmax(p))
     return float(p[j]), group["right"][j]
+
+
+def offered(model, group, ratio: float = CLARIFY_RATIO, topics: int = CLARIFY_TOPICS) -> list[int]:
+    """The hits a clarifying question offers, as serving picks them (``bot/pipeline.py``): the
+    likeliest entry and the likeliest entries with other questions whose P is at least ``ratio``
+    of its, ``topics`` in all."""
+    p = model.predict_proba(np.array(group["x"]))[:, 1]
+    order = sorted(range(len(p)), key=lambda j: (-p[j], j))
+    out, seen = [order[0]], {group["questions"][order[0]]}
+    for j in order[1:]:
+        if len(out) >= topics:
+            break
+        if group["questions"][j] not in seen and p[j] >= ratio * p[order[0]]:
+            seen.add(group["questions"][j])
+            out.append(j)
+    return out
 
 
 def report(model, gs, direct: float, clarify: float) -> dict:
@@ -126,8 +146,9 @@ def fit_matcher(fit: list[dict], precision: float, removed_in_thresholds: bool =
     right = np.array([pk[1] for pk in picks])
     grid = [round(0.05 * i, 2) for i in range(2, 20)]
     direct = next((t for t in grid if (p >= t).any() and right[p >= t].mean() >= precision), grid[-1])
-    # Asking back is worth it when an expected entry is among the topics offered (the two likeliest).
-    useful = np.array([pk[1] or any(g["right"][:2]) for pk, g in zip(picks, chosen)])
+    # Asking back is worth it when an expected entry is among the topics offered (``offered``: as
+    # serving offers them; before 2026-12-03 the first two hits in the retriever's order).
+    useful = np.array([any(g["right"][j] for j in offered(model, g)) for g in chosen])
     band = lambda t: (p >= t) & (p < direct)  # noqa: E731
     clarify = next((t for t in grid if t < direct and band(t).any() and useful[band(t)].mean() >= 0.5), direct)
     return model, direct, clarify
