@@ -23,7 +23,7 @@ the held-out companies' right share fell from 0.66 to 0.50 at the same precision
 are right at least ``--precision`` of the time on the fit companies' questions (benchmark and
 paraphrases, out-of-scope ones included; gold-removed variants only with
 ``--removed-in-thresholds``); ``clarify`` the lowest P where asking back is still right (the
-expected entry is among the two offered topics) at least half of the time. The written
+expected entry is among the topics a clarifying question offers, ``offered``) at least half of the time. The written
 paraphrases are harder than the benchmark's questions: the matcher fitted before them (four
 features, benchmark questions only) answered 0.44 of them right and 38% of their near-miss
 out-of-scope questions; ``fit_leave_one_company_out`` in the output fits without each fit company
