@@ -211,11 +211,9 @@ class TurnPipeline:
             # An FAQ entry is a topic the visitor can pick; a page's intro text next to it is not
             # (its title is the page's: "Returns & Refunds" offered beside "How long do I have
             # to return something?").
-            hits = [h for h in close if h.question]
-        for h in hits:
+            close = [h for h in close if h.question]
+        for h in close:  # a hit without a topic of its own does not let one far below it in
             topic = topic_text(h)
-            if offered and float(h.confidence) < self.settings.clarify_ratio * top:
-                break
             if topic and topic.lower() not in {t.lower() for t in topics}:
                 topics.append(topic)
                 offered.append(h)

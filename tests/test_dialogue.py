@@ -602,6 +602,11 @@ def test_clarify_offers_entries_not_a_page_intro_nor_a_file_name():
                confidence=0.40)
     text, offered = pipeline.clarify([bare])
     assert "\u201cfaq\u201d" not in text and "something in our help center" in text
+    # A top hit without a topic of its own does not let a far one in behind it.
+    far = Hit(chunk_id=4, doc_id="hours.md", title="Opening hours", text="We open at 9.", score=0.2,
+              confidence=0.05)
+    text, offered = pipeline.clarify([bare, far])
+    assert offered == [] and "Opening hours" not in text and "something in our help center" in text
 
 
 def test_a_clarifying_question_offers_up_to_three_close_entries_and_never_a_far_one():
