@@ -228,6 +228,31 @@ def test_optional_source_is_skipped_with_a_note(data):
     assert "bitext" not in recipe.data and "[data.bitext] skipped" in notes[0]
 
 
+def test_knowledge_replies_learn_only_the_grounded_gold_reply(data):
+    """replies = "knowledge": an instance's gold reply is learnt, the booking reply before it is
+    context only, and an instance without a gold reply (target false) brings nothing."""
+    from bot.core.errors import SupportbotError
+    from training.importers import import_transcripts
+    from training.pii import PIIScrubber
+    from training.recipe import knowledge_replies_only, load_recipe
+
+    rows = _dialogues(2) + [{"id": "n1", "dialogue": "gn", "target": False, "turns": [
+        {"role": "user", "text": "A taxi please."}, {"role": "agent", "text": "Where to?"},
+        {"role": "user", "text": "To the station."}]}]
+    transcripts, _ = import_transcripts([_write(data / "data" / "mixed.jsonl", rows)], PIIScrubber())
+    kept = knowledge_replies_only(transcripts)
+    assert [t.id for t in kept] == ["d0", "d1"]
+    learnt = [t["text"] for tr in kept for t in tr.turns if t["role"] == "agent" and t.get("train") is not False]
+    assert learnt == ["Yes, WiFi is free in all rooms.", "Yes, parking is free."]
+    assert [t["text"] for t in kept[0].turns] == [t["text"] for t in transcripts[0].turns]  # context kept
+    assert "train" not in transcripts[0].turns[1]  # the imported transcripts are not changed
+
+    recipe = load_recipe(_recipe(data, RECIPE.replace('[data.dstc11]', '[data.dstc11]\nreplies = "knowledge"')))
+    assert recipe.data["dstc11"]["replies"] == "knowledge"
+    with pytest.raises(SupportbotError, match="replies = 'gold'"):
+        load_recipe(_recipe(data, RECIPE.replace('[data.dstc11]', '[data.dstc11]\nreplies = "gold"')))
+
+
 @pytest.mark.parametrize("change, message", [
     ('dialogues = "data/dialogues_train.jsonl"', "is an evaluation split"),
     ('parts = ["fit"]', "only the fit part may be trained on"),
