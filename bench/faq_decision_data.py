@@ -27,14 +27,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from answer_quality import CORPUS, build_generated_files, norm, sites  # noqa: E402
 from bot.components import Components  # noqa: E402
 from bot.core.settings import Settings  # noqa: E402
 from bot.cross_selector import BUNDLED_CROSS, CrossSelector, pair_text  # noqa: E402
-from bot.faq_match import answer_sentences  # noqa: E402
+from bot.faq_match import answer_sentences, entry_cosines  # noqa: E402
 
 
 def main() -> None:
@@ -116,11 +115,10 @@ def tuned_cosines(rows: list[dict], adapter: Path) -> None:
     order = sorted(texts, key=len)  # similar lengths batched together
     vec = dict(zip(order, tuned.embed(order)))
     for r, ss in zip(rows, sentences):
-        q = vec[r["q"]]
-        for f, s_ in zip(r["faq"], ss):
-            f["ft_q"] = float(vec[f["question"] or f["text"]] @ q)
-            f["ft_t"] = float(vec[f["text"]] @ q)
-            f["ft_s"] = float(max(vec[x] @ q for x in s_)) if s_ else 0.0
+        ft_q, ft_t, ft_s = entry_cosines(vec[r["q"]], [f["question"] or f["text"] for f in r["faq"]],
+                                         [f["text"] for f in r["faq"]], ss, lambda ts: [vec[t] for t in ts])
+        for j, f in enumerate(r["faq"]):
+            f["ft_q"], f["ft_t"], f["ft_s"] = float(ft_q[j]), float(ft_t[j]), ft_s[j]
 
 
 def features(message, hits, rank, site, part, kind, embedder, crosses, top) -> dict:
@@ -128,23 +126,16 @@ def features(message, hits, rank, site, part, kind, embedder, crosses, top) -> d
     faq = [h for h in hits if h.faq_answer][:top]
     feats = []
     if faq:
-        qv = embedder.embed([message])[0]
-        ev = embedder.embed([h.question or h.text for h in faq])
-        tv = embedder.embed([h.text for h in faq])
         sentences = [answer_sentences(h.faq_answer) for h in faq]
-        flat = [x for ss in sentences for x in ss]
-        sv = embedder.embed(flat) if flat else np.zeros((0, len(qv)), np.float32)
-        cos_s, at = [], 0
-        for ss in sentences:
-            cos_s.append(float(np.max(sv[at:at + len(ss)] @ qv)) if ss else 0.0)
-            at += len(ss)
+        cos_q, cos_t, cos_s = entry_cosines(embedder.embed([message])[0], [h.question or h.text for h in faq],
+                                            [h.text for h in faq], sentences, embedder.embed)
         logits = {name: cs.logits(message, [pair_text(h, 0) for h in faq]).tolist() for name, cs in crosses.items()}
         for j, h in enumerate(faq):
             feats.append({"rank": hits.index(h), "right": rank is not None and hits.index(h) == rank,
                           "question": h.question, "doc_id": h.doc_id, "answer": h.faq_answer,
                           "text": h.text,  # what cos_t compares the message with
                           "pair": pair_text(h, 0),  # the passage side the cross-encoders read
-                          "score": float(h.score), "cos_q": float(qv @ ev[j]), "cos_t": float(qv @ tv[j]),
+                          "score": float(h.score), "cos_q": float(cos_q[j]), "cos_t": float(cos_t[j]),
                           "cos_s": cos_s[j],
                           **{f"x_{n}": logits[n][j] for n in logits}})
     return {"site": site, "part": part, "kind": kind, "q": message, "rank": rank, "n_hits": len(hits),

@@ -50,7 +50,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -69,6 +69,20 @@ def answer_sentences(answer: str) -> list[str]:
     """The sentences of an entry's answer that ``cos_s`` compares the message with (two words or
     more). Shared by serving and ``bench/faq_decision_data.py``."""
     return [s for s in re.split(r"(?<=[.!?])\s+|\n+", answer or "") if len(s.split()) >= 2]
+
+
+def entry_cosines(query: np.ndarray, questions: Sequence[str], texts: Sequence[str], sentences: Sequence[Sequence[str]],
+                  embed: Callable[[Sequence[str]], np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """(cos_q, cos_t, cos_s) of the message vector ``query`` with each entry (its question, its
+    whole text, its closest answer sentence), the entry texts embedded by ``embed`` in one batch.
+    Shared by serving and ``bench/faq_decision_data.py``."""
+    n = len(questions)
+    cos = np.asarray(embed(list(questions) + list(texts) + [x for ss in sentences for x in ss]), np.float32) @ query
+    cos_s, at = [], 2 * n
+    for ss in sentences:
+        cos_s.append(float(cos[at:at + len(ss)].max()) if ss else 0.0)
+        at += len(ss)
+    return cos[:n], cos[n:2 * n], cos_s
 
 
 def features_from(items: Sequence[tuple[float, str, float, float, float, float]], j: int = 0) -> list[float]:
@@ -133,16 +147,8 @@ class FAQMatcher:
 
     def cosines_of(self, message: str, faq: Sequence[Hit], sentences: list[list[str]], embedder) -> tuple:
         """(cos_q, cos_t, cos_s) of ``message`` with each entry of ``faq`` by ``embedder``."""
-        n = len(faq)
-        query = embedder.embed([message])[0]
-        cos = self._embed([h.question or h.text for h in faq] + [h.text for h in faq]
-                          + [x for ss in sentences for x in ss], embedder) @ query
-        cos_q, cos_t, cos_sent = cos[:n], cos[n:2 * n], cos[2 * n:]
-        cos_s, at = [], 0
-        for ss in sentences:  # the answer sentence closest to the message
-            cos_s.append(float(cos_sent[at:at + len(ss)].max()) if ss else 0.0)
-            at += len(ss)
-        return cos_q, cos_t, cos_s
+        return entry_cosines(embedder.embed([message])[0], [h.question or h.text for h in faq],
+                             [h.text for h in faq], sentences, lambda texts: self._embed(texts, embedder))
 
     @classmethod
     def load(cls, path: str | Path, embedder, threads: int = 1, adapted=None) -> "FAQMatcher":

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.faq_match import (FEATURES, MATCH_FILE, NO_RIVAL, FAQMatcher, answer_sentences, features_from,
-                           load_matcher)
+from bot.faq_match import (FEATURES, MATCH_FILE, NO_RIVAL, FAQMatcher, answer_sentences, entry_cosines,
+                           features_from, load_matcher)
 from bot.policy import ANSWER, CLARIFY, DIRECT, HANDOFF, Decision, with_match
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,6 +35,23 @@ def test_rivals_are_entries_with_another_question():
 def test_answer_sentences_are_what_cos_s_reads():
     assert answer_sentences("Yes. Refunds take 5 days.\nCall us on 555-0100 any day!") == [
         "Refunds take 5 days.", "Call us on 555-0100 any day!"]
+
+
+def test_entry_cosines_read_question_text_and_closest_answer_sentence():
+    import numpy as np
+
+    axes = {"q1": [1, 0, 0], "t1": [0.6, 0.8, 0], "a": [0, 1, 0], "b": [0.8, 0, 0.6], "q2": [0, 0, 1], "t2": [0, 1, 0]}
+    batches = []
+
+    def embed(texts):
+        batches.append(list(texts))
+        return np.asarray([axes[t] for t in texts], np.float32)
+
+    cos_q, cos_t, cos_s = entry_cosines(np.asarray([1, 0, 0], np.float32), ["q1", "q2"], ["t1", "t2"],
+                                        [["a", "b"], []], embed)
+    assert cos_q.tolist() == pytest.approx([1.0, 0.0]) and cos_t.tolist() == pytest.approx([0.6, 0.0])
+    assert cos_s == pytest.approx([0.8, 0.0])  # the closer of its two sentences; none is 0
+    assert batches == [["q1", "q2", "t1", "t2", "a", "b"]]  # one batch
 
 
 @pytest.mark.parametrize("p, action, reason", [
