@@ -154,6 +154,7 @@ def test_shipped_recipe_loads_with_training_data_only():
     assert set(recipe.data) == {"dstc11", "bitext", "faq"}
     assert recipe.data["dstc11"]["dialogues"] == (REPO.parent / "shared" / "data" / "dstc11" / "dialogues_train.jsonl").resolve()
     assert recipe.data["dstc11"]["sources"] == "retrieve" and recipe.data["faq"]["parts"] == ["fit"]
+    assert recipe.data["dstc11"]["replies"] == "all"  # the default: every agent turn
     assert recipe.install == REPO / "bot" / "generators" / "adapters" / "support-lora"
     ts = training_settings(recipe, TrainingSettings())
     assert (ts.lora_r, ts.lora_alpha, ts.method, ts.merge_lora) == (16, 32, "lora", False)
