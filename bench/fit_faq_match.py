@@ -1,12 +1,13 @@
 """Fit the FAQ matcher (``bot/faq_match.py``): P(the top FAQ entry answers the visitor's question)
-from six features of the retriever's FAQ hits, and the two thresholds the policy uses.
+from nine features of the retriever's FAQ hits, and the two thresholds the policy uses.
 
 Input: the rows ``bench/faq_decision_data.py`` writes (every question of ``bench/faq_corpus``'s
 ``questions.json`` and ``paraphrases.json`` files and the sample FAQ's, and StackFAQ dev's
 paraphrases, with their FAQ hits). Features of each FAQ hit (``bot.faq_match.features_from``,
 shared with serving): its fused retrieval score's margin over the best entry with another question,
 its embedding cosines with the question, the whole entry and the closest answer sentence, the
-support cross-encoder's logit on the pair, and that logit's margin over the best rival's.
+support cross-encoder's logit on the pair, that logit's margin over the best rival's, and each
+cosine's margin over the best rival's.
 
 Examples: one per (question, FAQ hit), positive when the hit is the question's expected entry; the
 questions are every question of the fit companies and each question whose expected entry is among
