@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -102,6 +104,43 @@ def test_early_stopping_when_dev_loss_stops_improving(tiny_lm_dir, tmp_path):
     metrics = trainer.fit()
     assert metrics["early_stopped"] and metrics["steps"] == 2
     assert sorted(rec.evals) == [0, 1, 2]
+
+
+class Signaller(Recorder):
+    """Sends this process ``signals`` at step ``at``, as Ctrl-C or a job scheduler's SIGTERM would."""
+
+    def __init__(self, at: int, signals):
+        super().__init__()
+        self.at, self.signals = at, list(signals)
+
+    def on_step(self, trainer, step, loss):
+        super().on_step(trainer, step, loss)
+        if step == self.at:
+            for sig in self.signals:
+                os.kill(os.getpid(), sig)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_after_the_step_and_keeps_the_work(tiny_lm_dir, tmp_path, sig):
+    before = signal.getsignal(sig)
+    rec = Signaller(at=3, signals=[sig])
+    trainer, _ = _trainer(tiny_lm_dir, tmp_path, callbacks=[rec], method="lora", batch_size=2, lr=5e-3,
+                          max_steps=20, eval_every=100)
+    metrics = trainer.fit()
+    assert metrics["steps"] == 3 and metrics["stopped_by"] == sig.name and metrics["early_stopped"]
+    assert sorted(rec.losses) == [1, 2, 3]
+    assert sorted(rec.evals) == [0, 3]  # the stopped weights are still evaluated
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-3"]
+    assert signal.getsignal(sig) is before  # the handlers are put back
+
+
+def test_a_second_ctrl_c_interrupts_at_once(tiny_lm_dir, tmp_path):
+    rec = Signaller(at=2, signals=[signal.SIGINT, signal.SIGINT])
+    trainer, _ = _trainer(tiny_lm_dir, tmp_path, callbacks=[rec], batch_size=2, max_steps=20, eval_every=100)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert sorted(rec.losses) == [1, 2]
+    assert not (tmp_path / "checkpoints").exists()  # aborted: nothing saved since the start
 
 
 def test_finetune_exports_a_loadable_model_with_a_card(tiny_lm_dir, tmp_path):

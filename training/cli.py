@@ -269,7 +269,9 @@ def _train_line(out, card) -> str:
     dev = (f"dev loss {m['dev_loss_before']:.4f} -> {m['dev_loss_best']:.4f} (best)"
            if m["dev_loss_before"] is not None else "no dev split")
     return (f"{out}: {m['steps']} steps, {dev}, {m['train_tokens_per_s']} tokens/s, "
-            f"{m['train_seconds'] / 60:.1f} min" + (", stopped early" if m["early_stopped"] else ""))
+            f"{m['train_seconds'] / 60:.1f} min" + (f", stopped by {m['stopped_by']} after {m['steps']} of "
+                                                     f"{m['total_steps']} steps" if m.get("stopped_by")
+                                                     else ", stopped early" if m["early_stopped"] else ""))
 
 
 # -- recipes -------------------------------------------------------------------------------------

@@ -21,6 +21,15 @@ across processes) only when logging, evaluating or checkpointing; TensorBoard is
 a flush per log line. An ``on_step`` callback receives each step's loss as a float, which costs one
 device sync per step on a GPU: only register one when it is needed.
 
+Stopping a run: the first Ctrl-C (SIGINT) or SIGTERM of a one-process run ends it after the
+step in progress, as if ``max_steps`` had been reached there: the final dev loss, checkpoint and
+the caller's export still happen, and ``metrics()["stopped_by"]`` names the signal; a second
+Ctrl-C interrupts at once (``KeyboardInterrupt``; ``fit(resume=True)`` continues from the last
+checkpoint). Why: a run's length is fixed when it starts, and a run found too slow to finish in
+time had to be killed, losing its steps. Runs of several processes keep the default handlers (a
+signal reaching them one step apart would leave DDP waiting), and so does a run outside the main
+thread (signal handlers can only be set there).
+
 Out dir layout: ``checkpoints/step-N/`` (newest ``keep_checkpoints`` kept), ``best.pt`` (trainable
 weights at the lowest dev loss), ``logs/`` (TensorBoard).
 """
@@ -32,6 +41,8 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -250,6 +261,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self._step_callbacks = [cb for cb in self.callbacks if hasattr(cb, "on_step")]
         self.should_stop = False
+        self.stop_reason: str | None = None  # the signal that stopped the run (SIGINT, SIGTERM)
         self.accelerator = Accelerator(
             # Several processes and no GPU (torchrun on CPUs): accelerate needs cpu=True for gloo DDP.
             cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
@@ -449,6 +461,29 @@ class Trainer:
                 cb.on_eval(self, s["step"], dev_loss)
 
     # -- the loop ----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """While training: the first SIGINT / SIGTERM asks the loop to stop after the current
+        step; a second SIGINT interrupts (see the module docstring)."""
+        if self.accelerator.num_processes > 1 or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def stop(signum, _frame):
+            if self.stop_reason is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.should_stop = True
+            self.stop_reason = signal.Signals(signum).name
+            tqdm.write(f"{self.stop_reason}: stopping after this step; the model is still evaluated, "
+                       "saved and exported (Ctrl-C again to abort at once)")
+
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
     def _train_step(self, window: list[dict]) -> torch.Tensor:
         """One optimizer step over ``window``'s micro-batches; returns (loss x labels, labels) sums.
 
@@ -495,6 +530,21 @@ class Trainer:
                                disable=not acc.is_local_main_process, dynamic_ncols=True)
         self.model.train()
         self._zero_counters()
+        with self._stop_on_signals():
+            self._loop(bar, checkpoint_every)
+        bar.close()
+        if s["step"] % cfg.eval_every:  # the final weights were not evaluated yet
+            self._after_eval(self.evaluate())
+        if s["step"] % checkpoint_every:
+            self.save_checkpoint()
+        self._count_tokens()
+        for tracker in acc.trackers:  # flush TensorBoard; the process group stays up for export
+            tracker.finish()
+        return self.metrics()
+
+    def _loop(self, bar, checkpoint_every: int) -> None:
+        """The optimizer steps until ``total_steps`` or ``should_stop``."""
+        cfg, s = self.config, self.state
         t_last = time.perf_counter()
         while s["step"] < self.total_steps and not self.should_stop:
             self.sampler.set_epoch(s["epoch"])
@@ -527,15 +577,6 @@ class Trainer:
             else:
                 s["epoch"] += 1
                 s["batch_in_epoch"] = 0
-        bar.close()
-        if s["step"] % cfg.eval_every:  # the final weights were not evaluated yet
-            self._after_eval(self.evaluate())
-        if s["step"] % checkpoint_every:
-            self.save_checkpoint()
-        self._count_tokens()
-        for tracker in acc.trackers:  # flush TensorBoard; the process group stays up for export
-            tracker.finish()
-        return self.metrics()
 
     def close(self) -> None:
         """End the run: trackers and, when distributed, the process group (call after exporting)."""
@@ -550,6 +591,7 @@ class Trainer:
             "total_steps": self.total_steps,
             "epochs_done": s["epoch"] + s["batch_in_epoch"] / max(1, len(self.train_loader)),
             "early_stopped": bool(self.should_stop and s["step"] < self.total_steps),
+            "stopped_by": self.stop_reason,
             "dev_loss_before": s["first_dev_loss"],
             "dev_loss_best": s["best_dev_loss"],
             "dev_loss_last": s["last_dev_loss"],
