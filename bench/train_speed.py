@@ -12,7 +12,11 @@ this machine (bfloat16 autocast where the CPU has native bf16, AVX-512-BF16 / AM
 elsewhere) and the trainer's thread count (one per physical core).
 
 Each loop runs ``--rounds`` times, alternating which goes first; each run does ``--warmup``
-untimed steps, then ``steps / rounds`` timed ones. Training tokens = the non-padding tokens
+untimed steps, then ``steps / rounds`` timed ones. ``--grad-accum N``: each optimizer step
+accumulates N consecutive batches in both loops (the plain one divides each batch's loss by N;
+the trainer weights them by their label tokens), to time the accumulated path real recipe runs
+use (a 330-step run at 4 x 2 once ran 2.6x slower per example than a 4 x 1 one; this measures
+whether accumulation is to blame). Training tokens = the non-padding tokens
 (``attention_mask`` sum) of the timed batches; tokens/s = their sum / the timed seconds.
 
     .venv/bin/python bench/train_speed.py --json var/bench/train_speed.json   # SmolLM2-135M
@@ -102,21 +106,24 @@ def plain_lora(base: str, ts: TrainingSettings):
 
 
 def run_plain(model, data, batches, collate, warmup: int, steps: int, dtype, lr: float,
-              fused: bool = False) -> float:
-    """A plain loop over ``batches``; returns the seconds of its last ``steps`` steps."""
+              fused: bool = False, accum: int = 1) -> float:
+    """A plain loop over ``batches``, ``accum`` of them per optimizer step; returns the seconds
+    of its last ``steps`` steps."""
     device = next(model.parameters()).device
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                             **({"fused": True} if fused else {}))
     model.train()
     t0 = time.perf_counter()
-    for i, idx in enumerate(batches[: warmup + steps]):
+    windows = [batches[i:i + accum] for i in range(0, len(batches), accum)]
+    for i, window in enumerate(windows[: warmup + steps]):
         if i == warmup:
             _sync(device)
             t0 = time.perf_counter()
-        batch = {k: v.to(device) for k, v in collate([data[j] for j in idx]).items()}
-        with (torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()):
-            loss = model(**batch).loss
-        loss.backward()
+        for idx in window:
+            batch = {k: v.to(device) for k, v in collate([data[j] for j in idx]).items()}
+            with (torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()):
+                loss = model(**batch).loss
+            (loss / accum if accum > 1 else loss).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     _sync(device)
@@ -141,9 +148,10 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def run_trainer(model, data, collate, warmup: int, steps: int, ts: TrainingSettings, work: Path):
+def run_trainer(model, data, collate, warmup: int, steps: int, ts: TrainingSettings, work: Path,
+                accum: int = 1):
     clock = Clock(warmup, steps)
-    config = TrainConfig(max_steps=warmup + steps, batch_size=ts.batch_size, lr=ts.lr,
+    config = TrainConfig(max_steps=warmup + steps, batch_size=ts.batch_size, grad_accum=accum, lr=ts.lr,
                          warmup_ratio=ts.warmup_ratio, max_grad_norm=ts.max_grad_norm,
                          eval_every=10**9, checkpoint_every=warmup + steps, keep_checkpoints=1,
                          log_every=10, seed=0, mixed_precision=ts.mixed_precision, threads=ts.threads)
@@ -165,6 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dialogues", type=int, default=40, help="DSTC11 dialogues to build examples from")
     ap.add_argument("--history-tokens", type=int, default=128, help="history budget in prompts (serving: 384)")
     ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--grad-accum", type=int, default=1, help="batches accumulated per optimizer step (both loops)")
     ap.add_argument("--seq-len", type=int, default=256, help="max tokens of an example (max_length)")
     ap.add_argument("--steps", type=int, default=32, help="timed steps of each loop, over all rounds")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps before each timed run")
@@ -177,8 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
                          "gets) or the fused kernel the trainer uses")
     ap.add_argument("--json", type=Path, help="write the result here too")
     args = ap.parse_args(argv)
-    if args.warmup < 1 or args.steps < args.rounds:
-        ap.error("--warmup must be at least 1 and --steps at least --rounds")
+    if args.warmup < 1 or args.steps < args.rounds or args.grad_accum < 1:
+        ap.error("--warmup and --grad-accum must be at least 1 and --steps at least --rounds")
     from transformers import AutoTokenizer
 
     load_before = os.getloadavg()
@@ -195,7 +204,8 @@ def main(argv: list[str] | None = None) -> dict:
             model_name = "SmolLM2-135M-Instruct" if args.base == "default" else args.base
         tok = AutoTokenizer.from_pretrained(base)
         per_run = max(1, args.steps // args.rounds)
-        need = (args.warmup + per_run) * args.batch_size
+        accum = args.grad_accum
+        need = (args.warmup + per_run) * args.batch_size * accum
         if not args.tiny and (args.data / "dialogues_train.jsonl").is_file():
             examples, source = dstc11_examples(args.data, args.dialogues, tok, args.history_tokens), "dstc11"
         else:
@@ -223,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
             for which in order:
                 if which == "trainer":
                     seconds, trainer = run_trainer(trainer_model, data, collate, args.warmup, per_run, ts,
-                                                   tmp / f"trainer-{r}")
+                                                   tmp / f"trainer-{r}", accum)
                     # The trainer's own batches (epoch 0): the plain loop trains on exactly these.
                     trainer.sampler.set_epoch(0)
                     mine = trainer.sampler.batches()
@@ -236,11 +246,11 @@ def main(argv: list[str] | None = None) -> dict:
 
                         batches = LengthBucketSampler(data.lengths(), args.batch_size, 0).batches()
                     seconds = run_plain(plain_model, data, batches, collate, args.warmup, per_run, dtype, args.lr,
-                                        fused=args.plain_optimizer == "fused")
+                                        fused=args.plain_optimizer == "fused", accum=accum)
                 times[which] += seconds
                 row[f"{which}_s"] = round(seconds, 3)
             rounds.append(row)
-        timed = batches[args.warmup: args.warmup + per_run]
+        timed = batches[args.warmup * accum: (args.warmup + per_run) * accum]  # their micro-batches
         lengths = data.lengths()
         tokens_per_run = sum(lengths[i] for b in timed for i in b)
         padded_per_run = sum(max(lengths[i] for i in b) * len(b) for b in timed)
@@ -274,6 +284,7 @@ def main(argv: list[str] | None = None) -> dict:
             "tokens": "non-padding tokens (attention_mask sum) of the timed batches",
             "timed_tokens": tokens,
             "mean_tokens_per_batch": round(tokens_per_run / len(timed), 1),
+            "grad_accum": accum,
             "padding_fraction": round(1 - tokens_per_run / padded_per_run, 4),
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],

@@ -219,10 +219,13 @@ def test_the_speed_bench_reports_both_loops_on_the_tiny_model(tmp_path, capsys):
         sys.path.remove(str(ROOT / "bench"))
     out = tmp_path / "speed.json"
     result = train_speed.main(["--tiny", "--steps", "2", "--warmup", "1", "--rounds", "2",
-                               "--batch-size", "2", "--json", str(out)])
+                               "--batch-size", "2", "--grad-accum", "2", "--json", str(out)])
     for key in ("trainer_tok_s", "plain_loop_tok_s", "ratio", "cpu", "features", "dtype", "batch", "seq_len"):
         assert key in result, key
     assert result["trainer_tok_s"] > 0 and result["plain_loop_tok_s"] > 0 and result["ratio"] > 0
     assert result["dtype"] in ("bfloat16", "float32") and result["batch"] == 2
+    # 2 rounds of 1 timed step of 2 accumulated batches: 4 micro-batches' tokens timed
+    assert result["grad_accum"] == 2 and result["steps"] == 2
+    assert result["timed_tokens"] == pytest.approx(4 * result["mean_tokens_per_batch"], abs=0.2)
     assert [r["order"] for r in result["rounds"]] == [["plain", "trainer"], ["trainer", "plain"]]
     assert out.is_file()
