@@ -99,13 +99,17 @@ def features_from(items: Sequence[tuple[float, str, float, float, float, float]]
     """The features of entry ``j`` of ``items`` (score, question, cos_q, cos_t, cos_s, cross logit),
     against its rivals: the entries with another question. Shared by serving and
     ``bench/fit_faq_match.py``."""
-    score, question, cos_q, cos_t, cos_s, cross = items[j]
+    _, question, cos_q, cos_t, cos_s, cross = items[j]
     rivals = [it for it in items if question_key(it[1]) != question_key(question)]
-    margin = score - max(it[0] for it in rivals) if rivals else NO_RIVAL
-    cross_margin = cross - max(it[5] for it in rivals) if rivals else NO_RIVAL
-    cos_margins = [float(items[j][k] - max(it[k] for it in rivals)) if rivals else COS_NO_RIVAL for k in (2, 3, 4)]
-    return [float(np.clip(margin, -2 * NO_RIVAL, 2 * NO_RIVAL)), float(cos_q), float(cos_t), float(cos_s),
-            float(cross), float(np.clip(cross_margin, -3 * NO_RIVAL, 3 * NO_RIVAL))] + cos_margins
+
+    def ahead(k: int, alone: float) -> float:
+        """Entry ``j``'s value ``k`` minus the best rival's (``alone`` when it has none)."""
+        return float(items[j][k] - max(it[k] for it in rivals)) if rivals else alone
+
+    margin = float(np.clip(ahead(0, NO_RIVAL), -2 * NO_RIVAL, 2 * NO_RIVAL))
+    cross_margin = float(np.clip(ahead(5, NO_RIVAL), -3 * NO_RIVAL, 3 * NO_RIVAL))
+    cos_margins = [ahead(k, COS_NO_RIVAL) for k in (2, 3, 4)]
+    return [margin, float(cos_q), float(cos_t), float(cos_s), float(cross), cross_margin] + cos_margins
 
 
 @dataclass(frozen=True)
