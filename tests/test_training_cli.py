@@ -103,3 +103,16 @@ def test_build_dataset_with_retrieved_sources(run, files, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "ds" / "train.jsonl").read_text().splitlines()]
     assert rows and all(r["sources"] for r in rows)  # every prompt grounded in retrieved passages
     assert all(set(r["sources"]) <= {d["id"] for d in KB} for r in rows)
+
+
+@pytest.mark.parametrize("extra, ending", [
+    ({"early_stopped": False}, "1.0 min"),
+    ({"early_stopped": True}, "1.0 min, stopped early"),
+    ({"early_stopped": True, "stopped_by": "SIGTERM"}, "1.0 min, stopped by SIGTERM after 3 of 20 steps")])
+def test_the_summary_line_says_how_a_run_ended(extra, ending):
+    from training.cli import _train_line
+
+    metrics = {"dev_loss_before": 2.0, "dev_loss_best": 1.5, "steps": 3, "total_steps": 20,
+               "train_tokens_per_s": 10.0, "train_seconds": 60.0, **extra}
+    line = _train_line("var/ft", {"metrics": metrics})
+    assert line.startswith("var/ft: 3 steps, dev loss 2.0000 -> 1.5000 (best)") and line.endswith(ending)

@@ -268,10 +268,13 @@ def _train_line(out, card) -> str:
     m = card["metrics"]
     dev = (f"dev loss {m['dev_loss_before']:.4f} -> {m['dev_loss_best']:.4f} (best)"
            if m["dev_loss_before"] is not None else "no dev split")
+    ending = ""
+    if m.get("stopped_by"):
+        ending = f", stopped by {m['stopped_by']} after {m['steps']} of {m['total_steps']} steps"
+    elif m["early_stopped"]:
+        ending = ", stopped early"
     return (f"{out}: {m['steps']} steps, {dev}, {m['train_tokens_per_s']} tokens/s, "
-            f"{m['train_seconds'] / 60:.1f} min" + (f", stopped by {m['stopped_by']} after {m['steps']} of "
-                                                     f"{m['total_steps']} steps" if m.get("stopped_by")
-                                                     else ", stopped early" if m["early_stopped"] else ""))
+            f"{m['train_seconds'] / 60:.1f} min{ending}")
 
 
 # -- recipes -------------------------------------------------------------------------------------
