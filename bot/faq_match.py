@@ -21,8 +21,9 @@ nine features of each of the retriever's first FAQ hits:
   whose cosine stands out from the site's other entries is the answer more often than one that is
   merely close: the near misses of out-of-scope questions are close to several entries at once;
   with them the held-out companies' right share went from 0.702 to 0.746 at the same precision
-  target, and the fit companies' leave-one-company-out one from 0.651 to 0.688 with fewer of their
-  out-of-scope questions answered, 0.143 against 0.157),
+  target, and on the fit companies' benchmark questions, each company judged by a matcher fitted
+  without it, from 0.651 to 0.688 with fewer of their out-of-scope questions answered, 0.143
+  against 0.157),
 
 gives each entry ``sigmoid(w . f + b)`` and returns the likeliest (it reranks: on the held-out
 companies the right entry came first for 0.922 of the in-scope questions, against 0.859 with the
