@@ -137,17 +137,22 @@ class TurnPipeline:
         hits = list(hits)
         decision = decide(message, hits, self.settings)
         match = self.match(message, hits, decision)
-        if match is not None and not hits[0].faq_answer and match.probability < self.matcher.direct:
-            # Below a page's intro text (or a glossary), an entry the matcher is sure of is still
-            # the reply; one it is not sure of leaves the decision to the retrieval path, which
-            # may answer from that text.
-            match = None
-        if match is not None:
-            decision = with_match(decision, match.probability, self.matcher.direct, self.matcher.clarify)
-            close = [h for h, p in match.rivals if p >= self.settings.clarify_ratio * match.probability]
-            topics = [match.entry] + close[: max(self.settings.clarify_topics - 1, 0)]
-            return Plan(decision, hits, [match.entry] if decision.reason == DIRECT else [],
-                        topics if decision.action == CLARIFY else [])
+        if match is None:
+            return self._retrieval_plan(message, hits, turns, decision)
+        if hits[0].faq_answer or match.probability >= self.matcher.direct:
+            return self._matched(hits, decision, match)
+        # Below a page's intro text (or a glossary), an entry the matcher is sure of is still the
+        # reply; one it is not sure of leaves the retrieval path a chance to answer from that
+        # text. Short of an answer there, the matcher's verdict stands: its clarifying question
+        # offers the entries it finds likely, where the retrieval path would hand off (an FAQ
+        # page's intro above "Who can join?" was no reason to hand off "we're moving to oregon,
+        # will i have to close my accounts") or offer the intro as a topic.
+        plan = self._retrieval_plan(message, hits, turns, decision)
+        return plan if plan.decision.action == ANSWER else self._matched(hits, decision, match)
+
+    def _retrieval_plan(self, message: str, hits: list[Hit], turns: Sequence[dict], decision: Decision) -> Plan:
+        """The plan without the FAQ matcher: the retrieval confidence's ``decision``, refined by
+        the selector."""
         named = named_entity(hits) and decision.reason == "low_confidence"
         if decision.action == HANDOFF and not named:
             return Plan(decision, hits, [])  # requested, no knowledge, or nothing close (policy.with_selection)
@@ -163,6 +168,15 @@ class TurnPipeline:
         if direct is not None:
             return Plan(Decision(ANSWER, DIRECT, decision.confidence), hits, [direct])
         return Plan(decision, hits, selection.passages if decision.action == ANSWER else [])
+
+    def _matched(self, hits: list[Hit], decision: Decision, match: "FAQMatch") -> Plan:
+        """The plan the FAQ matcher's verdict gives (``policy.with_match``): the entry's own answer,
+        a clarifying question offering it and the entries close to it, or a hand-off."""
+        decision = with_match(decision, match.probability, self.matcher.direct, self.matcher.clarify)
+        close = [h for h, p in match.rivals if p >= self.settings.clarify_ratio * match.probability]
+        topics = [match.entry] + close[: max(self.settings.clarify_topics - 1, 0)]
+        return Plan(decision, hits, [match.entry] if decision.reason == DIRECT else [],
+                    topics if decision.action == CLARIFY else [])
 
     def on_topic(self, message: str, hits: Sequence[Hit], turns: Sequence[dict], decision: Decision) -> Decision:
         """An answer ``decision``, or a hand-off (reason ``off_topic``) when in a knowledge base of
