@@ -159,7 +159,7 @@ def test_loading_errors_name_the_problem(tiny_base, tmp_path):
         CrossSelector.load(good)
 
 
-def test_build_selector_dispatches_folders_and_auto_checks_the_embedder(tiny_base, tmp_path):
+def test_build_selector_dispatches_folders_and_auto_checks_the_embedder(tiny_base, tmp_path, minilm):
     from bot.core.settings import DialogueSettings
     from bot.mlp_selector import BUNDLED, LearnedSelector
     from bot.selection import PoolKindSelector, RuleSelector, build_selector
@@ -175,8 +175,10 @@ def test_build_selector_dispatches_folders_and_auto_checks_the_embedder(tiny_bas
     # For the MiniLM embedder, "auto" is a cross-encoder per kind of knowledge base: the
     # mixture-trained support one (pair detector) for entity pools, the DSTC11 one for flat pools
     # (the FAQ matcher decides where the top hit is an FAQ entry); the MLP stays one name away.
+    # The real embedder, not a stand-in with its model id: the selectors are shared per process
+    # by that id (CrossSelector.shared), so a stand-in would be every later test's embedder.
     with np.load(BUNDLED["dstc11"]) as data:
-        minilm = type("MiniLM", (), {"model_id": json.loads(str(data["meta"]))["embedder"]})()
+        assert minilm.model_id == json.loads(str(data["meta"]))["embedder"]
     auto = build_selector(DialogueSettings(selector="auto"), minilm)
     assert isinstance(auto, PoolKindSelector) and auto.judges and auto.pool == 50
     entity, flat = auto.by_kind["entity"], auto.by_kind["flat"]
