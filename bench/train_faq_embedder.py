@@ -12,7 +12,8 @@ Examples (train parts only): each question of the fit companies of ``bench/faq_c
 questions and written paraphrases) with its retrieved FAQ hits, positive the expected entry
 (the rows ``bench/faq_decision_data.py`` writes); StackFAQ dev queries of the threads the support
 cross-encoder fitted on, likewise; DSTC11 train knowledge turns whose gold holds an FAQ entry,
-against all FAQ entries of the same hotel or restaurant. A fifth of the questions get one typo
+against all FAQ entries of the same hotel or restaurant; with ``--bitext N``, N customer requests
+of each Bitext intent against the 27 intents' FAQ questions (``BITEXT_ENTRIES``). A fifth of the questions get one typo
 (visitors type fast). Loss: softmax over the question's candidates (temperature 0.05), the mass
 on its positives. Candidates are shown either as the entry's question or as the whole entry, the
 two texts the matcher compares the message with.
@@ -105,6 +106,62 @@ def dstc11_groups(data: Path) -> list[dict]:
         out.append({"q": d["turns"][-1]["text"], "cands": [faq[i] for i in ids],
                     "pos": [j for j, i in enumerate(ids) if i in gold], "source": "dstc11", "removed": [],
                     "pool": entity})
+    return out
+
+
+# Bitext's support intents as the FAQ entries of one help center, each written here as the
+# question a help center's FAQ would title it (the dataset's own replies are template text with
+# {{Placeholders}}): its customers' requests are the visitors' words, the other intents the
+# near misses ("track my refund" against "get a refund" and "your refund policy").
+BITEXT_ENTRIES = {
+    "cancel_order": "How do I cancel my order?",
+    "change_order": "Can I change my order after placing it?",
+    "change_shipping_address": "How do I change the delivery address of an order?",
+    "check_cancellation_fee": "Is there a fee for cancelling early?",
+    "check_invoice": "Where can I see my invoices?",
+    "check_payment_methods": "Which payment methods do you accept?",
+    "check_refund_policy": "What is your refund policy?",
+    "complaint": "How do I make a complaint?",
+    "contact_customer_service": "How do I contact customer service?",
+    "contact_human_agent": "Can I talk to a person?",
+    "create_account": "How do I open an account?",
+    "delete_account": "How do I close my account?",
+    "delivery_options": "Which delivery options do you offer?",
+    "delivery_period": "How long does delivery take?",
+    "edit_account": "How do I update my account details?",
+    "get_invoice": "How do I get an invoice for my order?",
+    "get_refund": "How do I get a refund?",
+    "newsletter_subscription": "How do I subscribe to or unsubscribe from the newsletter?",
+    "payment_issue": "My payment did not go through. What can I do?",
+    "place_order": "How do I place an order?",
+    "recover_password": "I forgot my password. How do I reset it?",
+    "registration_problems": "I can't sign up. What should I do?",
+    "review": "Where can I leave feedback about you?",
+    "set_up_shipping_address": "How do I add a shipping address to my account?",
+    "switch_account": "How do I switch to another account or plan?",
+    "track_order": "How do I track my order?",
+    "track_refund": "Where is my refund?",
+}
+
+
+def bitext_groups(data: Path, per_intent: int, rng: random.Random) -> list[dict]:
+    """Up to ``per_intent`` customer requests of each Bitext intent (train transcripts), against the
+    27 entries of ``BITEXT_ENTRIES``, positive their own intent's."""
+    by_intent = defaultdict(list)
+    for line in open(data / "transcripts_train.jsonl"):
+        d = json.loads(line)
+        intent = (d.get("metadata") or {}).get("intent")
+        text = d["turns"][0]["text"].strip() if d.get("turns") else ""
+        if intent in BITEXT_ENTRIES and text and "{{" not in text:
+            by_intent[intent].append(text)
+    intents = sorted(BITEXT_ENTRIES)
+    cands = [(BITEXT_ENTRIES[i], BITEXT_ENTRIES[i]) for i in intents]
+    out = []
+    for j, intent in enumerate(intents):
+        texts = sorted(by_intent[intent])
+        rng.shuffle(texts)
+        out += [{"q": t, "cands": cands, "pos": [j], "source": "bitext", "removed": [], "pool": "bitext"}
+                for t in texts[:per_intent]]
     return out
 
 
@@ -255,6 +312,7 @@ def main() -> None:
     ap.add_argument("--max-cands", type=int, default=24)
     ap.add_argument("--typo", type=float, default=0.2)
     ap.add_argument("--dstc11", type=int, default=1000, help="DSTC11 train turns used at most (0: none)")
+    ap.add_argument("--bitext", type=int, default=0, help="Bitext customer requests per intent (0: none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--null", type=float, default=0.5,
                     help="train with a none-of-them candidate at this cosine (learnt from there), and "
@@ -277,6 +335,8 @@ def main() -> None:
         d = dstc11_groups(args.data / "dstc11")
         rng.shuffle(d)
         groups += d[: args.dstc11]
+    if args.bitext:
+        groups += bitext_groups(args.data / "bitext", args.bitext, rng)
     held = {"held_out": corpus_groups(rows, {"held_out"}), "stackfaq_held": corpus_groups(rows, {"stackfaq_held"})}
     print(json.dumps({"cpu": cpu_model_name(), "cpu_features": cpu_features()}), flush=True)
     before = report(Encoder(), held)
@@ -287,7 +347,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     save(enc, args.out)
     meta = {"base": "all-MiniLM-L6-v2", "rank": args.rank, "lr": args.lr, "epochs": args.epochs, "batch": args.batch,
-            "typo": args.typo, "temperature": TEMPERATURE, **meta, "cpu": cpu_model_name(), "cpu_features": cpu_features(),
+            "typo": args.typo, "bitext_per_intent": args.bitext, "temperature": TEMPERATURE, **meta, "cpu": cpu_model_name(), "cpu_features": cpu_features(),
             "seed": args.seed, "held_out_top1": {"stock": before, "tuned": after}}
     del enc
     if args.folds:

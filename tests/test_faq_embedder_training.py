@@ -59,3 +59,21 @@ def test_training_puts_the_right_entry_first():
     after = tfe.ranks(enc, groups, 1)
     assert meta["steps"] == 12 and meta["loss_last"] < meta["loss_first"] / 2
     assert sum(after) <= sum(before) and all(r == 0 for r in after), (before, after)
+
+
+def test_bitext_requests_are_asked_of_their_own_intents_entry(tmp_path):
+    import json
+
+    lines = [{"turns": [{"role": "user", "text": t}, {"role": "agent", "text": "..."}], "metadata": {"intent": i}}
+             for t, i in [("i want to cancel order 123", "cancel_order"), ("where's my refund??", "track_refund"),
+                          ("cancel purchase {{Order Number}}", "cancel_order"), ("hello", "no_such_intent"),
+                          ("how do i stop my order", "cancel_order")]]
+    (tmp_path / "transcripts_train.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    groups = tfe.bitext_groups(tmp_path, 5, random.Random(0))
+    assert sorted(g["q"] for g in groups) == ["how do i stop my order", "i want to cancel order 123", "where's my refund??"]
+    for g in groups:
+        assert len(g["cands"]) == len(tfe.BITEXT_ENTRIES) and g["pool"] == "bitext" and len(g["pos"]) == 1
+    entry = {g["q"]: g["cands"][g["pos"][0]][0] for g in groups}
+    assert entry["where's my refund??"] == "Where is my refund?"
+    assert entry["i want to cancel order 123"] == "How do I cancel my order?"
+    assert len(tfe.bitext_groups(tmp_path, 1, random.Random(0))) == 2  # at most one per intent
