@@ -183,26 +183,26 @@ def test_entry_texts_are_embedded_once_and_the_verdict_is_the_same(sample_bot):
     assert again.probability == pytest.approx(first.probability, abs=1e-5)
 
 
-def test_below_a_pages_intro_the_matchers_verdict_stands_unless_the_text_answers(sample_bot):
-    message = "i see two charges on my card for one order??"
-    hits = sample_bot.retrieve(message, [])
+def _intro_first(bot, message):
+    """``message``'s hits with the first of them that is not an FAQ entry (a page's intro) put first."""
+    hits = bot.retrieve(message, [])
     intro = [h for h in hits if not h.faq_answer]
     assert intro, "the sample FAQ's pages have intro text"
-    first = [intro[0]] + [h for h in hits if h is not intro[0]]
-    plan = sample_bot.plan(message, first)
+    return [intro[0]] + [h for h in hits if h is not intro[0]]
+
+
+def test_below_a_pages_intro_the_matchers_verdict_stands_unless_the_text_answers(sample_bot):
+    message = "i see two charges on my card for one order??"
+    plan = sample_bot.plan(message, _intro_first(sample_bot, message))
     assert plan.direct and plan.sources[0].question == "I was charged twice. What happened?"
     # one the matcher is not sure of is left to the retrieval path, and where that path does not
     # answer the matcher's verdict stands: its clarifying question offers the entry, not the intro
     unsure = "when do you take the money from my card"
-    hits = sample_bot.retrieve(unsure, [])
-    intro = [h for h in hits if not h.faq_answer]
-    plan = sample_bot.plan(unsure, [intro[0]] + [h for h in hits if h is not intro[0]])
+    plan = sample_bot.plan(unsure, _intro_first(sample_bot, unsure))
     assert plan.decision.action == CLARIFY
     assert plan.topics and plan.topics[0].question == "When is my card charged?"
     assert all(t.faq_answer for t in plan.topics)
     # and a question the FAQ does not answer is handed off below the intro as anywhere else
     off = "what's the weather in Paris tomorrow"
-    hits = sample_bot.retrieve(off, [])
-    intro = [h for h in hits if not h.faq_answer]
-    plan = sample_bot.plan(off, [intro[0]] + [h for h in hits if h is not intro[0]])
+    plan = sample_bot.plan(off, _intro_first(sample_bot, off))
     assert plan.decision.action == HANDOFF and not plan.topics
