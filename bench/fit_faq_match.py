@@ -47,7 +47,7 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 
 from bot.core.settings import DialogueSettings  # noqa: E402
 from bot.cross_selector import BUNDLED_CROSS  # noqa: E402
-from bot.faq_match import FEATURES, MATCH_FILE, features_from  # noqa: E402
+from bot.faq_match import FEATURES, MATCH_FILE, answers_yes_no, features_from  # noqa: E402
 from retrieval.types import question_key  # noqa: E402
 
 FIT_PARTS = ("fit",)
@@ -86,7 +86,8 @@ def groups(rows: list[dict], cosines: str, removed: bool = True) -> list[dict]:
         for hits, row in variants:
             answerable = row["kind"] in ("in_scope", "trap")
             out.append({"x": hit_features(hits, cosines), "questions": [question_key(f["question"]) for f in hits],
-                        "right": [bool(answerable and f["right"]) for f in hits], "row": row})
+                        "right": [bool(answerable and f["right"]) for f in hits],
+                        "yes_no": [answers_yes_no(f.get("answer")) for f in hits], "row": row})
     return out
 
 
@@ -95,6 +96,18 @@ def best(model, group) -> tuple[float, bool]:
     p = model.predict_proba(np.array(group["x"]))[:, 1]
     j = int(np.argmax(p))
     return float(p[j]), group["right"][j]
+
+
+def picked_yes_no(model, group) -> bool:
+    """Does the answer of the entry the matcher would pick open with a yes or a no?"""
+    p = model.predict_proba(np.array(group["x"]))[:, 1]
+    return bool(group.get("yes_no", [False] * len(p))[int(np.argmax(p))])
+
+
+def direct_of(thresholds: dict, model, group) -> float:
+    """The direct threshold for the entry the matcher would pick in ``group`` (serving's
+    ``FAQMatch.direct``)."""
+    return thresholds["direct_yes_no"] if picked_yes_no(model, group) else thresholds["direct"]
 
 
 def offered(model, group, ratio: float = CLARIFY_RATIO, topics: int = CLARIFY_TOPICS) -> list[int]:
@@ -113,25 +126,29 @@ def offered(model, group, ratio: float = CLARIFY_RATIO, topics: int = CLARIFY_TO
     return out
 
 
-def report(model, gs, direct: float, clarify: float) -> dict:
+def report(model, gs, thresholds: dict) -> dict:
     """Per kind of question: answered (directly), answered with a right entry, asked back."""
     out = {}
     picks = [best(model, g) for g in gs]
+    direct = [direct_of(thresholds, model, g) for g in gs]
+    clarify = thresholds["clarify"]
     for kind in ("in_scope", "trap", "out_of_scope", "gold_removed"):
         idx = [i for i, g in enumerate(gs) if g["row"]["kind"] == kind]
         if not idx:
             continue
-        answered = [i for i in idx if picks[i][0] >= direct]
+        answered = [i for i in idx if picks[i][0] >= direct[i]]
         out[kind] = {"n": len(idx), "answered": round(len(answered) / len(idx), 4),
                      "answered_right": round(sum(picks[i][1] for i in answered) / len(idx), 4),
-                     "asked_back": round(sum(clarify <= picks[i][0] < direct for i in idx) / len(idx), 4)}
+                     "asked_back": round(sum(clarify <= picks[i][0] < direct[i] for i in idx) / len(idx), 4)}
         if kind in ("in_scope", "trap"):
             out[kind]["top1"] = round(sum(picks[i][1] for i in idx) / len(idx), 4)
     return out
 
 
-def fit_matcher(fit: list[dict], precision: float, removed_in_thresholds: bool = False):
-    """(model, direct, clarify) fitted on the groups ``fit``."""
+def fit_matcher(fit: list[dict], precision: float, removed_in_thresholds: bool = False, split_yes_no: bool = False):
+    """(model, thresholds) fitted on the groups ``fit``: thresholds ``direct``, ``direct_yes_no``
+    (for entries whose answer opens with yes/no; ``split_yes_no`` False: the same as ``direct``)
+    and ``clarify``."""
     # One example per (question, FAQ hit): positive when the hit is an expected entry.
     x = np.array([f for g in fit for f in g["x"]])
     y = np.array([r for g in fit for r in g["right"]])
@@ -145,17 +162,31 @@ def fit_matcher(fit: list[dict], precision: float, removed_in_thresholds: bool =
     picks = [best(model, g) for g in chosen]
     p = np.array([pk[0] for pk in picks])
     right = np.array([pk[1] for pk in picks])
+    yes_no = np.array([picked_yes_no(model, g) for g in chosen]) if split_yes_no else np.zeros(len(chosen), bool)
     grid = [round(0.05 * i, 2) for i in range(2, 20)]
-    direct = next((t for t in grid if (p >= t).any() and right[p >= t].mean() >= precision), grid[-1])
+
+    def lowest(mask: np.ndarray) -> float:
+        """The lowest P whose direct replies among ``mask`` are right ``precision`` of the time."""
+        return next((t for t in grid if (mask & (p >= t)).any() and right[mask & (p >= t)].mean() >= precision),
+                    grid[-1])
+
+    # With ``split_yes_no`` (``--split-yes-no``; tried 2026-12-03, not adopted: README, Answer
+    # quality) entries whose answer opens with yes/no get their own threshold, each group's fitted
+    # by the same rule on its own picks.
+    direct = lowest(~yes_no)
+    direct_yes_no = lowest(yes_no) if yes_no.any() else direct
+    at = np.where(yes_no, direct_yes_no, direct)
     # Asking back is worth it when an expected entry is among the topics offered (``offered``: as
     # serving offers them; before 2026-12-03 the first two hits in the retriever's order).
     useful = np.array([any(g["right"][j] for j in offered(model, g)) for g in chosen])
-    band = lambda t: (p >= t) & (p < direct)  # noqa: E731
-    clarify = next((t for t in grid if t < direct and band(t).any() and useful[band(t)].mean() >= 0.5), direct)
-    return model, direct, clarify
+    band = lambda t: (p >= t) & (p < at)  # noqa: E731
+    top = min(direct, direct_yes_no)
+    clarify = next((t for t in grid if t < top and band(t).any() and useful[band(t)].mean() >= 0.5), top)
+    return model, {"direct": direct, "direct_yes_no": direct_yes_no, "clarify": clarify}
 
 
-def by_company(rows: list[dict], cosines: str, precision: float, removed_in_thresholds: bool) -> dict:
+def by_company(rows: list[dict], cosines: str, precision: float, removed_in_thresholds: bool,
+               split_yes_no: bool = False) -> dict:
     """Leave one fit company out: fit on the others, judge its questions (benchmark and written
     paraphrases, no gold-removed variants) at the thresholds fitted without it."""
     fit_rows = [r for r in rows if r["part"] in FIT_PARTS]
@@ -163,10 +194,11 @@ def by_company(rows: list[dict], cosines: str, precision: float, removed_in_thre
     # target is answering at most 3% of them), apart from the written near misses.
     counts = {"in_scope": [0, 0], "trap": [0, 0], "out_of_scope": [0, 0], "benchmark_out_of_scope": [0, 0]}
     for company in sorted({r["site"] for r in fit_rows}):
-        model, direct, _ = fit_matcher(groups([r for r in fit_rows if r["site"] != company], cosines), precision,
-                                       removed_in_thresholds)
+        model, thresholds = fit_matcher(groups([r for r in fit_rows if r["site"] != company], cosines), precision,
+                                        removed_in_thresholds, split_yes_no)
         for g in groups([r for r in fit_rows if r["site"] == company], cosines, removed=False):
             p, right = best(model, g)
+            direct = direct_of(thresholds, model, g)
             kind = g["row"]["kind"]
             kinds = [kind] + (["benchmark_out_of_scope"] if kind == "out_of_scope"
                               and g["row"].get("source", "benchmark") == "benchmark" else [])
@@ -185,28 +217,34 @@ def main() -> None:
     ap.add_argument("--removed-in-thresholds", action="store_true",
                     help="count the gold-removed variants in the thresholds' precision too")
     ap.add_argument("--write", action="store_true", help=f"write the weights into {MATCH_FILE}")
+    ap.add_argument("--split-yes-no", action="store_true",
+                    help="a direct threshold of their own for entries whose answer opens with yes/no (not adopted)")
     ap.add_argument("--cosines", choices=("stock", "tuned", "both"), default="stock",
                     help="the stock embedder's cosines, the FAQ embedder's (ft_*: bench/train_faq_embedder.py writes them into --rows) or both")
     args = ap.parse_args()
     rows = [json.loads(line) for line in args.rows.open()]
     fit = groups([r for r in rows if r["part"] in FIT_PARTS], args.cosines)
-    model, direct, clarify = fit_matcher(fit, args.precision, args.removed_in_thresholds)
+    model, thresholds = fit_matcher(fit, args.precision, args.removed_in_thresholds, args.split_yes_no)
     cross_meta = json.loads((BUNDLED_CROSS[CROSS] / "selector.json").read_text())
     cosines = {"cosines": args.cosines} | ({"faq_embedder": FAQ_EMBEDDER} if args.cosines != "stock" else {})
     result = {"features": FEATURES, **cosines, "cross": CROSS, "embedder": cross_meta["embedder"], "weights": [round(float(w), 4) for w in model.coef_[0]],
-              "bias": round(float(model.intercept_[0]), 4), "direct": direct, "clarify": clarify,
+              "bias": round(float(model.intercept_[0]), 4), "direct": thresholds["direct"],
+              **({"direct_yes_no": thresholds["direct_yes_no"]} if args.split_yes_no else {}), "clarify": thresholds["clarify"],
               "precision_target": args.precision, "fitted_on": list(FIT_PARTS),
               "fit_questions": len(fit), "fit_sources": sorted({g["row"].get("source", "benchmark") for g in fit}), "fit_pairs": sum(len(g["right"]) for g in fit),
               "fit_positives": sum(sum(g["right"]) for g in fit)}
-    figures = {part: report(model, groups([r for r in rows if r["part"] == part], args.cosines), direct, clarify)
+    figures = {part: report(model, groups([r for r in rows if r["part"] == part], args.cosines), thresholds)
                for part in ("fit", "stackfaq_held", "held_out", "stackfaq_fit") if any(r["part"] == part for r in rows)}
-    figures["fit_leave_one_company_out"] = by_company(rows, args.cosines, args.precision, args.removed_in_thresholds)
+    figures["fit_leave_one_company_out"] = by_company(rows, args.cosines, args.precision, args.removed_in_thresholds,
+                                                      args.split_yes_no)
     print(json.dumps(result))
     for part, fig in figures.items():
         print(part, json.dumps(fig))
     if args.write:
         current = json.loads(MATCH_FILE.read_text()) if MATCH_FILE.is_file() else {}
         current.update(result)
+        if not args.split_yes_no:
+            current.pop("direct_yes_no", None)
         if args.cosines == "stock":
             current.pop("faq_embedder", None)
         current["figures"] = figures

@@ -139,7 +139,7 @@ class TurnPipeline:
         match = self.match(message, hits, decision)
         if match is None:
             return self._retrieval_plan(message, hits, turns, decision)
-        if hits[0].faq_answer or match.probability >= self.matcher.direct:
+        if hits[0].faq_answer or match.probability >= self._direct(match):
             return self._matched(hits, decision, match)
         # Below a page's intro text (or a glossary), an entry the matcher is sure of is still the
         # reply; one it is not sure of leaves the retrieval path a chance to answer from that
@@ -172,11 +172,15 @@ class TurnPipeline:
     def _matched(self, hits: list[Hit], decision: Decision, match: "FAQMatch") -> Plan:
         """The plan the FAQ matcher's verdict gives (``policy.with_match``): the entry's own answer,
         a clarifying question offering it and the entries close to it, or a hand-off."""
-        decision = with_match(decision, match.probability, self.matcher.direct, self.matcher.clarify)
+        decision = with_match(decision, match.probability, self._direct(match), self.matcher.clarify)
         close = [h for h, p in match.rivals if p >= self.settings.clarify_ratio * match.probability]
         topics = [match.entry] + close[: max(self.settings.clarify_topics - 1, 0)]
         return Plan(decision, hits, [match.entry] if decision.reason == DIRECT else [],
                     topics if decision.action == CLARIFY else [])
+
+    def _direct(self, match: "FAQMatch") -> float:
+        """The P from which ``match``'s entry is the reply (its own threshold, else the matcher's)."""
+        return self.matcher.direct if match.direct is None else match.direct
 
     def on_topic(self, message: str, hits: Sequence[Hit], turns: Sequence[dict], decision: Decision) -> Decision:
         """An answer ``decision``, or a hand-off (reason ``off_topic``) when in a knowledge base of

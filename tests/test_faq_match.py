@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.faq_match import (COS_NO_RIVAL, FEATURES, MATCH_FILE, NO_RIVAL, FAQMatcher, answer_sentences, entry_cosines,
-                           features_from, load_matcher)
+from bot.faq_match import (COS_NO_RIVAL, FEATURES, MATCH_FILE, NO_RIVAL, FAQMatcher, answer_sentences,
+                           answers_yes_no, entry_cosines, features_from, load_matcher)
 from bot.policy import ANSWER, CLARIFY, DIRECT, HANDOFF, Decision, with_match
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,6 +84,33 @@ def test_the_bundled_matcher_is_fitted_and_records_its_figures():
         assert record["folds"] and record["held_out_top1"]["tuned"]["held_out"]["n"] > 0
 
 
+@pytest.mark.parametrize("answer, yes_no", [
+    ("Yes, if your vet agrees. We pay the vet and you pay the excess.", True),
+    ("**No**, used items can only be returned under the warranty.", True),
+    ("Unfortunately not: gift cards are for our shop only.", True),
+    ("Nope.", True),
+    ("Go to Account > Privacy > Delete my account.", False),
+    ("Yesterday's orders ship today.", False),
+    ("Notice periods are 30 days.", False),
+    ("", False),
+    (None, False),
+])
+def test_answers_that_open_with_yes_or_no_are_told_apart(answer, yes_no):
+    assert answers_yes_no(answer) is yes_no
+
+
+def test_a_matcher_whose_thresholds_are_out_of_order_is_a_clear_config_error(tmp_path):
+    from bot.core.errors import ConfigError
+
+    meta = json.loads(MATCH_FILE.read_text())
+    meta["direct_yes_no"] = meta["clarify"] / 2  # below the clarify threshold
+    path = tmp_path / "faq-match.json"
+    path.write_text(json.dumps(meta))
+    named = type("Named", (), {"model_id": meta["embedder"]})()  # thresholds are read before any model
+    with pytest.raises(ConfigError, match="clarify at most each direct one"):
+        FAQMatcher.load(path, named)
+
+
 def test_a_wrong_embedder_turns_the_default_off_and_a_path_refuses_it():
     from bot.core.errors import ConfigError
     from retrieval.embedder import HashingEmbedder
@@ -149,6 +176,26 @@ def test_a_question_it_is_less_sure_of_offers_its_entry_first(sample_bot):
 def test_a_question_the_faq_does_not_answer_is_not_answered(sample_bot, message):
     plan = sample_bot.plan(message, sample_bot.retrieve(message, []))
     assert plan.decision.action != ANSWER, plan.decision
+
+
+def test_a_matcher_can_give_entries_that_answer_yes_their_own_threshold(sample_bot):
+    # The bundled matcher replies to this directly with "Can I rent gear instead of buying it?"
+    # ("Yes, in Bend, Oregon only: our store rents ...", P 0.43 on 2026-12-03): a yes to another
+    # question than the visitor's. A matcher with a yes/no threshold above that P asks back.
+    bundled = sample_bot.matcher
+    split = FAQMatcher(bundled.meta | {"direct_yes_no": 0.9}, bundled.cross, bundled.embedder, bundled.tuned)
+    assert bundled.direct_yes_no == bundled.direct  # one threshold when the file has no split
+    message = "can my scout troop order 40 sleeping bags at a bulk price"
+    hits = sample_bot.retrieve(message, [])
+    match = split.match(message, hits)
+    assert answers_yes_no(match.entry.faq_answer) and match.direct == 0.9
+    assert bundled.match(message, hits).direct == bundled.direct
+    decided = with_match(Decision(ANSWER, "confident", 0.9), match.probability, match.direct, split.clarify)
+    assert decided.action != ANSWER
+    # an entry whose answer does not open with yes/no keeps the other threshold
+    message = "i see two charges on my card for one order??"
+    match = split.match(message, sample_bot.retrieve(message, []))
+    assert not answers_yes_no(match.entry.faq_answer) and match.direct == split.direct
 
 
 def test_a_clarifying_question_offers_the_chosen_topics_only(sample_bot):

@@ -38,3 +38,32 @@ def test_the_clarify_threshold_counts_an_entry_offered_below_the_retrievers_firs
     g = _group([0.30, 0.05, 0.25], ["a", "b", "c"], [False, False, True])
     assert 2 in ffm.offered(_Fixed(), g)
     assert not any(g["right"][:2])
+
+
+def _one_hit_groups(rng, n, yes_no, right_above):
+    """``n`` questions with one FAQ hit each, feature v ~ U(0, 1); right when v > ``right_above``."""
+    out = []
+    for v in rng.uniform(0, 1, n):
+        out.append({"x": [[float(v)], [0.0]], "questions": ["a", "b"], "right": [bool(v > right_above), False],
+                    "yes_no": [yes_no, False], "row": {"kind": "in_scope"}})
+    return out
+
+
+def test_entries_that_answer_yes_or_no_get_their_own_direct_threshold():
+    # The yes/no entries picked are right only from a higher score than the others: each group's
+    # threshold meets the precision target on its own picks; without the split there is one.
+    rng = np.random.default_rng(0)
+    fit = _one_hit_groups(rng, 300, False, 0.5) + _one_hit_groups(rng, 300, True, 0.85)
+    model, th = ffm.fit_matcher(fit, 0.9, split_yes_no=True)
+    assert th["direct_yes_no"] > th["direct"] + 0.1
+    assert th["clarify"] <= th["direct"]
+    yes = [g for g in fit if g["yes_no"][0]]
+    assert all(ffm.direct_of(th, model, g) == th["direct_yes_no"] for g in yes)
+    assert all(ffm.direct_of(th, model, g) == th["direct"] for g in fit if not g["yes_no"][0])
+    for share, group in ((th["direct"], [g for g in fit if not g["yes_no"][0]]), (th["direct_yes_no"], yes)):
+        picks = [ffm.best(model, g) for g in group]
+        answered = [right for p, right in picks if p >= share]
+        assert answered and sum(answered) / len(answered) >= 0.9
+    _, one = ffm.fit_matcher(fit, 0.9)  # the default: one threshold
+    assert one["direct"] == one["direct_yes_no"]
+    assert th["direct"] <= one["direct"] <= th["direct_yes_no"]
