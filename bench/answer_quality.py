@@ -84,11 +84,15 @@ def sites(built: Path) -> list[dict]:
         files = [p for p in sorted(folder.iterdir())
                  if p.is_file() and p.name not in SKIP_FILES and p.suffix not in (".py", ".json")]
         files += sorted(built.glob(f"{folder.name}.*"))  # built from its sources (build_docx.py)
-        out.append({"name": folder.name, "part": split.get(folder.name, "fit"), "files": [str(f) for f in files],
-                    "questions": json.loads(qfile.read_text())["questions"]})
+        # A folder with no expected.json is a help center (prose articles, no FAQ entries): there
+        # the bot writes its replies (or quotes the passage) instead of quoting an entry.
+        layout = "faq" if (folder / "expected.json").is_file() else "help"
+        out.append({"name": folder.name, "part": split.get(folder.name, "fit"), "layout": layout,
+                    "files": [str(f) for f in files], "questions": json.loads(qfile.read_text())["questions"]})
     sample_q = CORPUS / "sample_faq_questions.json"
     if sample_q.is_file():
-        out.append({"name": "sample-faq", "part": split.get("sample-faq", "held_out"), "files": [str(SAMPLE_FAQ)],
+        out.append({"name": "sample-faq", "part": split.get("sample-faq", "held_out"), "layout": "faq",
+                    "files": [str(SAMPLE_FAQ)],
                     "questions": json.loads(sample_q.read_text())["questions"]})
     return out
 
@@ -179,6 +183,8 @@ CONFIGS = {
     "cross-selector": ("current", {"dialogue": {"selector": "dstc11-cross"}}),
     # the mixture-trained support cross-encoder as the selector
     "support-selector": ("current", {"dialogue": {"selector": "support"}}),
+    # the untuned generator (no support LoRA adapter): what the adapter changes where the bot writes
+    "untuned": ("current", {"generator": {"adapter": ""}}),
 }
 
 
@@ -187,6 +193,7 @@ def main() -> None:
     ap.add_argument("--configs", default="current,extractive,previous")
     ap.add_argument("--previous", default=PREVIOUS, help="the commit whose default is 'previous'")
     ap.add_argument("--json", type=Path, default=None, help="write figures and every reply here")
+    ap.add_argument("--only", default="", help="ask these sites only (comma-separated names): a quick look")
     ap.add_argument("--work", type=Path, default=REPO / "var" / "bench" / "answer_quality")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--code", help=argparse.SUPPRESS)
@@ -202,6 +209,12 @@ def main() -> None:
     built = Path(tempfile.mkdtemp(prefix="faq-built-", dir=args.work))
     build_generated_files(built)
     all_sites = sites(built)
+    if args.only:
+        wanted = set(args.only.split(","))
+        missing = wanted - {s["name"] for s in all_sites}
+        if missing:
+            raise SystemExit(f"--only: no such site(s): {', '.join(sorted(missing))}")
+        all_sites = [s for s in all_sites if s["name"] in wanted]
     sites_file = args.work / "sites.json"
     sites_file.write_text(json.dumps(all_sites))
     trees = {"current": REPO}
@@ -228,6 +241,12 @@ def main() -> None:
             part_rows = [r for r in rows if r["part"] == part]
             if part_rows:
                 figures[part] = score(part_rows)
+        # FAQ sites and help centers apart (the previous commit's rows name their site only)
+        layout = {s["name"]: s.get("layout", "faq") for s in all_sites}
+        for kind in ("faq", "help"):
+            kind_rows = [r for r in rows if layout.get(r["site"], "faq") == kind]
+            if kind_rows and len(kind_rows) < len(rows):
+                figures[f"{kind}_sites"] = score(kind_rows)
         report["configs"][label] = {"figures": figures, "rows": rows}
         print(f"{label:<11} " + json.dumps(figures), flush=True)
     print(json.dumps({"cpu": report["cpu"], "sites": report["sites"], "questions": report["questions"]}))

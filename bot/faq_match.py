@@ -102,6 +102,18 @@ def answers_yes_no(answer: str | None) -> bool:
     return opens_yes(first) or opens_no(first)
 
 
+def passage_heading(hit: Hit) -> str:
+    """What a help center's passage is about, as ``cos_q`` reads it: its document's title (the
+    article's heading), else the passage's first line."""
+    return str(hit.title or "").strip() or str(hit.text or "").strip().split("\n", 1)[0]
+
+
+def rival_key(hit: Hit, kind: str) -> str:
+    """What makes two candidates rivals: another FAQ question ("faq"), another document
+    ("passage": two passages of one article do not compete)."""
+    return str(hit.question or "") if kind == "faq" else str(hit.doc_id or "")
+
+
 def entry_cosines(query: np.ndarray, questions: Sequence[str], texts: Sequence[str], sentences: Sequence[Sequence[str]],
                   embed: Callable[[Sequence[str]], np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[float]]:
     """(cos_q, cos_t, cos_s) of the message vector ``query`` with each entry (its question, its
@@ -143,6 +155,9 @@ class FAQMatch:
     # The P from which ``entry`` is the reply (the matcher's ``direct`` or ``direct_yes_no``);
     # None: the matcher's ``direct``.
     direct: float | None = None
+    # "faq": ``entry`` is an FAQ entry, replied with as it is; "passage": a help center's passage
+    # (no FAQ entry was retrieved), which a reply is written from.
+    kind: str = "faq"
 
 
 class FAQMatcher:
@@ -156,6 +171,9 @@ class FAQMatcher:
         # Absent in a matcher fitted before the split: one threshold for every entry.
         self.direct_yes_no = float(meta.get("direct_yes_no", meta["direct"]))
         self.clarify = float(meta["clarify"])
+        # Weights and thresholds for a help center's passages (``bench/fit_passage_match.py``):
+        # {"weights", "bias", "direct", "clarify"}; None: the matcher reads FAQ entries only.
+        self.passages = meta.get("passages")
         self.cross = cross
         self.embedder = embedder
         # ``cosines``: whose cosines the features read: the retriever's embedder ("stock"), the FAQ
@@ -227,32 +245,61 @@ class FAQMatcher:
         z = float(self.weights @ np.asarray(feats, np.float64)) + self.bias
         return 1.0 / (1.0 + math.exp(-z))
 
-    def match(self, message: str, hits: Sequence[Hit]) -> FAQMatch | None:
+    def candidates(self, hits: Sequence[Hit]) -> tuple[list[Hit], str]:
+        """The hits the matcher weighs and their kind: the first ``TOP`` FAQ entries ("faq"), else,
+        in a help center whose first ``TOP`` hits hold no FAQ entry and when the matcher has passage
+        weights, the first ``TOP`` passages ("passage"); ([], "") when neither applies."""
         if pool_kind(hits) != "flat":
-            return None
+            return [], ""
         faq = [h for h in hits if h.faq_answer][:TOP]
-        if not faq:
-            return None
-        sentences = [answer_sentences(h.faq_answer) for h in faq]
-        cos_q, cos_t, cos_s = self.cosines_of(message, faq, sentences,
-                                              self.tuned if self.cosines == "tuned" else self.embedder)
-        logits = self.cross.logits(message, [pair_text(h, 0) for h in faq])
-        items = [(float(h.score), h.question, float(q), float(t), s_, float(x))
-                 for h, q, t, s_, x in zip(faq, cos_q, cos_t, cos_s, logits)]
-        feats = [features_from(items, j) for j in range(len(faq))]
+        if faq:
+            return faq, "faq"
+        if self.passages is not None and hits:
+            return list(hits[:TOP]), "passage"
+        return [], ""
+
+    def features(self, message: str, cands: Sequence[Hit], kind: str) -> list[list[float]]:
+        """The features of each of ``cands`` (``features_from``). An FAQ entry is read as its
+        question, whole text and answer sentences, its rivals being entries with another question;
+        a passage as its document's title, its text and its sentences, its rivals being passages
+        of other documents. Shared by serving and ``bench/fit_faq_match.py`` /
+        ``bench/passage_match_data.py``."""
+        heads = [h.question or h.text for h in cands] if kind == "faq" else [passage_heading(h) for h in cands]
+        sentences = [answer_sentences(h.faq_answer if kind == "faq" else h.text) for h in cands]
+        embedder = self.tuned if self.cosines == "tuned" else self.embedder
+        cos_q, cos_t, cos_s = entry_cosines(embedder.embed([message])[0], heads, [h.text for h in cands], sentences,
+                                            lambda texts: self._embed(texts, embedder))
+        logits = self.cross.logits(message, [pair_text(h, 0) for h in cands])
+        items = [(float(h.score), rival_key(h, kind), float(q), float(t), s_, float(x))
+                 for h, q, t, s_, x in zip(cands, cos_q, cos_t, cos_s, logits)]
+        feats = [features_from(items, j) for j in range(len(cands))]
         if self.cosines == "both":
-            extra = self.cosines_of(message, faq, sentences, self.tuned)
+            extra = self.cosines_of(message, cands, sentences, self.tuned)
             feats = [f + [float(extra[0][j]), float(extra[1][j]), float(extra[2][j])] for j, f in enumerate(feats)]
-        p = [self.probability(f) for f in feats]
-        order = sorted(range(len(faq)), key=lambda j: (-p[j], j))  # ties: the retriever's order
+        return feats
+
+    def match(self, message: str, hits: Sequence[Hit]) -> FAQMatch | None:
+        cands, kind = self.candidates(hits)
+        if not cands:
+            return None
+        feats = self.features(message, cands, kind)
+        if kind == "faq":
+            p = [self.probability(f) for f in feats]
+        else:
+            w, b = self.passages["weights"], self.passages["bias"]
+            p = [1.0 / (1.0 + math.exp(-(float(np.asarray(w) @ np.asarray(f)) + b))) for f in feats]
+        order = sorted(range(len(cands)), key=lambda j: (-p[j], j))  # ties: the retriever's order
         best = order[0]
-        seen, rivals = {question_key(faq[best].question)}, []
+        seen, rivals = {question_key(rival_key(cands[best], kind))}, []
         for j in order[1:]:
-            if question_key(faq[j].question) not in seen:
-                seen.add(question_key(faq[j].question))
-                rivals.append((faq[j], p[j]))
-        direct = self.direct_yes_no if answers_yes_no(faq[best].faq_answer) else self.direct
-        return FAQMatch(faq[best], p[best], tuple(rivals), direct)
+            if question_key(rival_key(cands[j], kind)) not in seen:
+                seen.add(question_key(rival_key(cands[j], kind)))
+                rivals.append((cands[j], p[j]))
+        if kind == "passage":
+            direct = float(self.passages["direct"])
+        else:
+            direct = self.direct_yes_no if answers_yes_no(cands[best].faq_answer) else self.direct
+        return FAQMatch(cands[best], p[best], tuple(rivals), direct, kind)
 
 
 def load_matcher(name: str, embedder, threads: int = 1, adapted=None) -> FAQMatcher | None:

@@ -27,7 +27,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from bot.checker import Checker, DegenerateGuard, SentenceSplitter, split_sentences
-from bot.checking.text import bare_answer
+from bot.checking.text import bare_answer, without_yes_no
 from bot.generators.extractive_generator import quoted_answer
 from retrieval.types import Hit
 
@@ -137,6 +137,7 @@ class GroundedReply(Iterator[str]):
 
         def judged(sentences: list[str]) -> Iterator[str]:
             for sentence in sentences:
+                sentence = without_yes_no(sentence)  # what is checked is what is shown
                 reason = self._verdict(guard, sentence)
                 if reason is not None:
                     self.rejected = (sentence, reason)

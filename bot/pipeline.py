@@ -21,8 +21,8 @@ from bot.checker import Checker
 from bot.cross_selector import pool_kind
 from bot.core.settings import DialogueSettings
 from bot.generators.base import GenerationStream, Generator, ReplyGuard, guarded
-from bot.policy import (ANSWER, CLARIFY, DIRECT, HANDOFF, Decision, decide, direct_source, named_entity,
-                        with_match, with_selection)
+from bot.policy import (ANSWER, CLARIFY, DIRECT, HANDOFF, PASSAGE, Decision, decide, direct_source,
+                        named_entity, with_match, with_selection)
 from bot.grounding import GroundedReply
 from bot.prompting import build_messages
 from bot.selection import Selection, Selector
@@ -139,7 +139,7 @@ class TurnPipeline:
         match = self.match(message, hits, decision)
         if match is None:
             return self._retrieval_plan(message, hits, turns, decision)
-        if hits[0].faq_answer or match.probability >= self._direct(match):
+        if hits[0].faq_answer or match.kind == "passage" or match.probability >= self._direct(match):
             return self._matched(hits, decision, match)
         # Below a page's intro text (or a glossary), an entry the matcher is sure of is still the
         # reply; one it is not sure of leaves the retrieval path a chance to answer from that
@@ -172,9 +172,16 @@ class TurnPipeline:
     def _matched(self, hits: list[Hit], decision: Decision, match: "FAQMatch") -> Plan:
         """The plan the FAQ matcher's verdict gives (``policy.with_match``): the entry's own answer,
         a clarifying question offering it and the entries close to it, or a hand-off."""
-        decision = with_match(decision, match.probability, self._direct(match), self.matcher.clarify)
+        passage = match.kind == "passage"
+        clarify = float(self.matcher.passages["clarify"]) if passage else self.matcher.clarify
+        decision = with_match(decision, match.probability, self._direct(match), clarify)
         close = [h for h, p in match.rivals if p >= self.settings.clarify_ratio * match.probability]
         topics = [match.entry] + close[: max(self.settings.clarify_topics - 1, 0)]
+        if passage and decision.reason == DIRECT and self.settings.passage_reply == "write":
+            # The reply is written from the passage (each sentence checked against it), else its
+            # sentences closest to the question are quoted; "quote" (the default) shows the
+            # passage itself, as an FAQ entry's answer is shown (reason DIRECT, below).
+            return Plan(Decision(ANSWER, PASSAGE, decision.confidence), hits, [match.entry])
         return Plan(decision, hits, [match.entry] if decision.reason == DIRECT else [],
                     topics if decision.action == CLARIFY else [])
 

@@ -32,6 +32,7 @@ from retrieval.types import Hit
 
 ANSWER, CLARIFY, HANDOFF = "answer", "clarify", "handoff"
 DIRECT = "direct"  # the reason of an answer that is an FAQ entry's own text
+PASSAGE = "passage"  # the reason of an answer written from the help-center passage the matcher found
 
 # Explicit requests for a person ("talk to a human", "can I speak with an agent?").
 _HUMAN = re.compile(

@@ -635,3 +635,44 @@ def test_a_clarifying_question_offers_up_to_three_close_entries_and_never_a_far_
     two = TurnPipeline(None, RuleSelector(settings), None, ExtractiveGenerator(),
                        dialogue_settings(clarify_ratio=0.5, clarify_topics=2), matcher=Matcher())
     assert [h.chunk_id for h in two.plan("how long is the warranty", [top]).topics] == [1, 2]
+
+
+def test_a_help_centers_passage_is_written_from_not_quoted_and_its_verdict_decides():
+    # No FAQ entry was retrieved: the matcher weighs the passages (``kind`` "passage"). A sure one
+    # is the reply, quoted as an FAQ entry is (``passage_reply = "quote"``, the default), or the
+    # source a reply is written from ("write": reason "passage"); a likely one is offered as a
+    # topic; below the passage clarify threshold the bot hands off.
+    from bot.faq_match import FAQMatch
+    from bot.policy import PASSAGE
+
+    def passage(i, doc, text):
+        return Hit(chunk_id=i, doc_id=doc, title=doc.replace(".md", "").title(), text=text, score=1.0 - i / 10,
+                   confidence=0.05)
+
+    top = passage(1, "refunds.md", "Refunds reach your card within 7 business days.")
+    other = passage(2, "tickets.md", "Tickets are sold in the app and at stations.")
+
+    class Matcher:
+        direct, clarify = 0.45, 0.1
+        passages = {"direct": 0.6, "clarify": 0.3}
+
+        def __init__(self, p):
+            self.p = p
+
+        def match(self, message, hits):
+            return FAQMatch(top, self.p, ((other, self.p * 0.8),), 0.6, "passage")
+
+    def plan(p, reply="quote"):
+        settings = dialogue_settings(clarify_ratio=0.5, passage_reply=reply)
+        pipeline = TurnPipeline(None, RuleSelector(settings), None, ExtractiveGenerator(), settings, matcher=Matcher(p))
+        return pipeline.plan("when do i get my money back", [top, other])
+
+    sure = plan(0.7)
+    assert sure.decision.action == ANSWER and sure.direct and sure.sources == [top]
+    written = plan(0.7, "write")
+    assert (written.decision.action, written.decision.reason) == (ANSWER, PASSAGE)
+    assert not written.direct and written.sources == [top]
+    likely = plan(0.4)  # above the passage clarify threshold (0.3), below its direct one (0.6)
+    assert likely.decision.action == CLARIFY and [h.chunk_id for h in likely.topics] == [1, 2]
+    unlikely = plan(0.2)  # above the FAQ clarify threshold (0.1), below the passage one
+    assert unlikely.decision.action == HANDOFF and not unlikely.sources

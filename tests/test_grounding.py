@@ -58,7 +58,8 @@ def test_supported_sentences_stream_as_they_complete(checker):
 def test_a_contradicting_reply_falls_back_to_the_sources_words(checker):
     text, reply, src = run(["Yes, you can return ", "used gear [1]. ", "We can repair it, ", "replace it ",
                             "or refund it."], [RETURNS], checker)
-    assert reply.rejected is not None and reply.rejected[0].startswith("Yes, you can return used gear")
+    # its yes is dropped (without_yes_no) and what it says is still contradicted
+    assert reply.rejected is not None and reply.rejected[0].startswith("You can return used gear")
     assert reply.fell_back and src.closed, "generation is stopped at the unsupported sentence"
     # a sentence ends once the next one's first character is seen: the model is stopped there
     assert src.read == 3, "nothing more is read from the model after the rejected sentence"
@@ -87,6 +88,33 @@ def test_a_bare_yes_is_checked_as_the_question_it_answers(checker):
     text, reply, _ = run(["Yes, we do. ", "We rent city bikes, e-bikes and kids' bikes [1]."], [SHOP], checker,
                          question="what bikes can I rent, city bikes and e-bikes?")
     assert reply.rejected is None and text.startswith("Yes, we do.")
+
+
+def test_a_yes_or_no_before_a_sentence_of_its_own_is_not_shown(checker):
+    """The checker verifies what a sentence says, not a yes or no about the visitor's case: a
+    generated "Yes, ..." whose words the sources support is shown without its yes."""
+    owner = Hit(4, "permissions.md", "Permissions", "The account owner can transfer ownership to an existing "
+                "Admin through Settings > Team > Transfer Ownership.", 1.0, 0.5)
+    text, reply, _ = run(["Yes, the account owner can transfer ownership to an existing Admin ",
+                          "through Settings > Team > Transfer Ownership [1]."], [owner], checker,
+                         question="can i make our payroll manager the owner, she isnt an admin")
+    assert reply.rejected is None and not reply.fell_back
+    assert text == "The account owner can transfer ownership to an existing Admin through Settings > Team > Transfer Ownership [1]."
+    assert "yes" not in text.lower()
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("No, Early Bird tickets are non-refundable.", "Early Bird tickets are non-refundable."),
+    ("**Yes**, on any plan.", "On any plan."),
+    (" Yes. The fee is $5.", " The fee is $5."),
+    ("Yes, we do.", "Yes, we do."),  # bare: checked with the question instead
+    ("Yesterday's orders left today.", "Yesterday's orders left today."),
+    ("Nothing is charged.", "Nothing is charged."),
+])
+def test_without_yes_no(text, shown):
+    from bot.checking.text import without_yes_no
+
+    assert without_yes_no(text) == shown
 
 
 @pytest.mark.parametrize("pieces", [

@@ -184,6 +184,25 @@ def bare_answer(text: str) -> bool:
     return (opens_yes(text) or opens_no(text)) and not content_tokens(text)
 
 
+_YES_NO_OPENER = re.compile(r"^(\s*)(?:\*\*)?(?:yes|no|yeah|yep|nope)\b(?:\*\*)?[\s,.!:;\u2013\u2014-]*", re.IGNORECASE)
+
+
+def without_yes_no(text: str) -> str:
+    """``text`` without a leading yes or no when it says something of its own ("Yes, the owner can
+    hand the account to an Admin." -> "The owner can hand the account to an Admin."): the checker
+    verifies what a sentence says against the sources, but a yes or no is a verdict on the
+    visitor's case that no passage states, and a generated reply's yes was seen answering another
+    question than the visitor's (a non-Admin as owner: "Yes, ... to an existing Admin"). A bare
+    yes or no (``bare_answer``) is left as it is: it is checked with the question instead."""
+    m = _YES_NO_OPENER.match(text)
+    if not m or bare_answer(text):
+        return text
+    rest = text[m.end():]
+    if not content_tokens(rest):
+        return text
+    return m.group(1) + rest[:1].upper() + rest[1:]
+
+
 def is_filler(text: str) -> bool:
     """Conversational filler with nothing to check: a known opener and no quantity, or only
     filler words. ("I hope this helps!", "Let me know if you have other questions.")"""

@@ -149,6 +149,12 @@ class DialogueSettings(BaseModel):
     # "default" = the bundled one (bench/fit_faq_match.py), a path = another, "" = none (the
     # retrieval confidence and the selector decide, as on a knowledge base of entities).
     faq_matcher: str = "default"
+    # In a help center (prose articles: no FAQ entry among the retrieved hits) the matcher weighs
+    # the passages (its ``passages`` weights, bench/fit_passage_match.py). A passage it is sure of
+    # is the reply: "quote" shows the passage itself, cited, as an FAQ entry's answer is shown;
+    # "write" has the generator write from it, each sentence checked. Quoting was right more often
+    # on the held-out help centers (bench/answer_quality.py, README "Answer quality").
+    passage_reply: Literal["quote", "write"] = "quote"
     # A generated reply ends at any of these (the default 135M model sometimes goes on to list the
     # sources again, "[2] Title: ..."), and where a line repeats an earlier one (a loop).
     stop: list[str] = ["\n[", "\nSources:", "\nQuestion:"]
