@@ -34,8 +34,6 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-
 import fit_faq_match as ffm  # noqa: E402
 from bot.faq_match import FEATURES, MATCH_FILE, TOP, rival_key  # noqa: E402
 from retrieval.types import question_key  # noqa: E402
@@ -129,7 +127,6 @@ def main() -> None:
         meta["passages"] = result
         MATCH_FILE.write_text(json.dumps(meta, indent=1) + "\n")
         print(f"wrote {MATCH_FILE} (passages)")
-    _ = np  # numpy is fit_faq_match's; imported here for the LogisticRegression arrays
 
 
 if __name__ == "__main__":
