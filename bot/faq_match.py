@@ -96,8 +96,8 @@ def answer_sentences(answer: str) -> list[str]:
 
 def answers_yes_no(answer: str | None) -> bool:
     """Does the FAQ answer open with a yes or a no ("Yes, if your vet agrees.", "Unfortunately
-    not.")? Such entries have their own direct threshold (module docstring). Shared by serving and
-    ``bench/fit_faq_match.py``."""
+    not.")? A matcher may give such entries a direct threshold of their own (module docstring).
+    Shared by serving and ``bench/fit_faq_match.py``."""
     first = (answer or "").strip().split("\n", 1)[0]
     return opens_yes(first) or opens_no(first)
 
@@ -156,7 +156,7 @@ class FAQMatch:
     # None: the matcher's ``direct``.
     direct: float | None = None
     # "faq": ``entry`` is an FAQ entry, replied with as it is; "passage": a help center's passage
-    # (no FAQ entry was retrieved), which a reply is written from.
+    # (no FAQ entry was retrieved), quoted or written from (``dialogue.passage_reply``).
     kind: str = "faq"
 
 
@@ -226,6 +226,16 @@ class FAQMatcher:
         if bad or meta["clarify"] > min(meta["direct"], meta.get("direct_yes_no", meta["direct"])):
             raise ConfigError(f"{path}: thresholds must lie in (0, 1] with clarify at most each direct one "
                               f"(direct {meta['direct']}, direct_yes_no {meta.get('direct_yes_no')}, clarify {meta['clarify']})")
+        passages = meta.get("passages")
+        if passages is not None:
+            try:
+                ok = (len(passages["weights"]) == len(FEATURES) and isinstance(passages["bias"], (int, float))
+                      and 0 < passages["clarify"] <= passages["direct"] <= 1)
+            except (KeyError, TypeError):
+                ok = False
+            if not ok:
+                raise ConfigError(f"{path}: its passages need weights for {len(FEATURES)} features, a bias, and "
+                                  "0 < clarify <= direct <= 1 (bench/fit_passage_match.py --write)")
         have = getattr(embedder, "model_id", None)
         if have != meta["embedder"]:
             raise ConfigError(f"{path}: fitted behind embedder {meta['embedder']!r}, the retriever uses {have!r}")
@@ -262,8 +272,7 @@ class FAQMatcher:
         """The features of each of ``cands`` (``features_from``). An FAQ entry is read as its
         question, whole text and answer sentences, its rivals being entries with another question;
         a passage as its document's title, its text and its sentences, its rivals being passages
-        of other documents. Shared by serving and ``bench/fit_faq_match.py`` /
-        ``bench/passage_match_data.py``."""
+        of other documents. Shared by serving and ``bench/fit_passage_match.py``."""
         heads = [h.question or h.text for h in cands] if kind == "faq" else [passage_heading(h) for h in cands]
         sentences = [answer_sentences(h.faq_answer if kind == "faq" else h.text) for h in cands]
         embedder = self.tuned if self.cosines == "tuned" else self.embedder

@@ -75,6 +75,11 @@ def test_the_bundled_matcher_is_fitted_and_records_its_figures():
     meta = json.loads(MATCH_FILE.read_text())
     assert meta["features"] == FEATURES and len(meta["weights"]) == len(FEATURES)
     assert 0 < meta["clarify"] <= meta["direct"] < 1
+    # and weights of its own for a help center's passages, fitted on the fit help centers
+    passages = meta["passages"]
+    assert len(passages["weights"]) == len(FEATURES) and 0 < passages["clarify"] <= passages["direct"] < 1
+    assert passages["fitted_on"] and all(name.endswith("-help") for name in passages["fitted_on"])
+    assert "held_out" in passages["figures"]
     assert meta["fitted_on"] == ["fit"]
     assert "held_out" in meta["figures"]
     if meta.get("cosines", "stock") != "stock":  # its FAQ embedder ships beside it, with its record
@@ -108,6 +113,20 @@ def test_a_matcher_whose_thresholds_are_out_of_order_is_a_clear_config_error(tmp
     path.write_text(json.dumps(meta))
     named = type("Named", (), {"model_id": meta["embedder"]})()  # thresholds are read before any model
     with pytest.raises(ConfigError, match="clarify at most each direct one"):
+        FAQMatcher.load(path, named)
+
+
+@pytest.mark.parametrize("passages", [{"weights": [1.0], "bias": 0.0, "direct": 0.5, "clarify": 0.2},
+                                      {"weights": [0.0] * len(FEATURES), "bias": 0.0, "direct": 0.2, "clarify": 0.5},
+                                      {"bias": 0.0, "direct": 0.5, "clarify": 0.2}])
+def test_a_matcher_with_broken_passage_weights_is_a_clear_config_error(tmp_path, passages):
+    from bot.core.errors import ConfigError
+
+    meta = json.loads(MATCH_FILE.read_text()) | {"passages": passages}
+    path = tmp_path / "faq-match.json"
+    path.write_text(json.dumps(meta))
+    named = type("Named", (), {"model_id": meta["embedder"]})()
+    with pytest.raises(ConfigError, match="passages need weights"):
         FAQMatcher.load(path, named)
 
 
