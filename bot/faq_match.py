@@ -251,8 +251,11 @@ class FAQMatcher:
         cross_dir = BUNDLED_CROSS.get(meta["cross"]) or (path.parent / meta["cross"])
         return cls(meta, CrossSelector.shared(cross_dir, threads, embedder), embedder, tuned)
 
-    def probability(self, feats: Sequence[float]) -> float:
-        z = float(self.weights @ np.asarray(feats, np.float64)) + self.bias
+    def probability(self, feats: Sequence[float], kind: str = "faq") -> float:
+        """P(the candidate answers) from its features, by the weights of its ``kind``."""
+        weights, bias = ((self.weights, self.bias) if kind == "faq"
+                         else (np.asarray(self.passages["weights"], np.float64), float(self.passages["bias"])))
+        z = float(weights @ np.asarray(feats, np.float64)) + bias
         return 1.0 / (1.0 + math.exp(-z))
 
     def candidates(self, hits: Sequence[Hit]) -> tuple[list[Hit], str]:
@@ -291,12 +294,7 @@ class FAQMatcher:
         cands, kind = self.candidates(hits)
         if not cands:
             return None
-        feats = self.features(message, cands, kind)
-        if kind == "faq":
-            p = [self.probability(f) for f in feats]
-        else:
-            w, b = self.passages["weights"], self.passages["bias"]
-            p = [1.0 / (1.0 + math.exp(-(float(np.asarray(w) @ np.asarray(f)) + b))) for f in feats]
+        p = [self.probability(f, kind) for f in self.features(message, cands, kind)]
         order = sorted(range(len(cands)), key=lambda j: (-p[j], j))  # ties: the retriever's order
         best = order[0]
         seen, rivals = {question_key(rival_key(cands[best], kind))}, []
