@@ -185,18 +185,20 @@ def fit_matcher(fit: list[dict], precision: float, removed_in_thresholds: bool =
     return model, {"direct": direct, "direct_yes_no": direct_yes_no, "clarify": clarify}
 
 
-def by_company(rows: list[dict], cosines: str, precision: float, removed_in_thresholds: bool,
-               split_yes_no: bool = False) -> dict:
-    """Leave one fit company out: fit on the others, judge its questions (benchmark and written
-    paraphrases, no gold-removed variants) at the thresholds fitted without it."""
-    fit_rows = [r for r in rows if r["part"] in FIT_PARTS]
+def leave_one_site_out(fit: list[dict], precision: float, removed_in_thresholds: bool = False,
+                       split_yes_no: bool = False) -> dict:
+    """Each site of the groups ``fit`` (gold-removed variants included, as ``groups`` builds them)
+    judged by a matcher fitted on the others: its questions (no gold-removed variants) at the
+    thresholds fitted without it. Shared with ``bench/fit_passage_match.py``."""
     # Per kind; "benchmark_out_of_scope": the answer benchmark's own out-of-scope questions (its
     # target is answering at most 3% of them), apart from the written near misses.
     counts = {"in_scope": [0, 0], "trap": [0, 0], "out_of_scope": [0, 0], "benchmark_out_of_scope": [0, 0]}
-    for company in sorted({r["site"] for r in fit_rows}):
-        model, thresholds = fit_matcher(groups([r for r in fit_rows if r["site"] != company], cosines), precision,
+    for site in sorted({g["row"]["site"] for g in fit}):
+        model, thresholds = fit_matcher([g for g in fit if g["row"]["site"] != site], precision,
                                         removed_in_thresholds, split_yes_no)
-        for g in groups([r for r in fit_rows if r["site"] == company], cosines, removed=False):
+        for g in fit:
+            if g["row"]["site"] != site or g["row"]["kind"] == "gold_removed":
+                continue
             p, right = best(model, g)
             direct = direct_of(thresholds, model, g)
             kind = g["row"]["kind"]
@@ -207,6 +209,13 @@ def by_company(rows: list[dict], cosines: str, precision: float, removed_in_thre
                 counts[k][1] += 1
     return {f"{kind}_answered{'' if kind.endswith('out_of_scope') else '_right'}": round(a / n, 4) if n else None
             for kind, (a, n) in counts.items()} | {"n": {kind: n for kind, (_, n) in counts.items()}}
+
+
+def by_company(rows: list[dict], cosines: str, precision: float, removed_in_thresholds: bool,
+               split_yes_no: bool = False) -> dict:
+    """Leave one fit company out (``leave_one_site_out``) over the fit companies' rows."""
+    fit_rows = [r for r in rows if r["part"] in FIT_PARTS]
+    return leave_one_site_out(groups(fit_rows, cosines), precision, removed_in_thresholds, split_yes_no)
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ only, as in ``bench/fit_faq_match.py``). Weights and thresholds come from ``fit_
 ``fit_matcher`` (``direct``: the lowest P whose answers are right ``--precision`` of the time on the
 fit help centers' questions; ``clarify``: the lowest P where asking back offers the right passage at
 least half of the time), fitted on the **fit** help centers only and reported on the held-out
-ones, and on each fit help center judged by a fit without it.
+ones, and on each fit help center judged by a fit without it (``fit_faq_match.leave_one_site_out``).
 
     python bench/fit_passage_match.py              # fit and print the figures
     python bench/fit_passage_match.py --write      # ... and store them in bot/selectors/faq-match.json
@@ -82,24 +82,6 @@ def site_groups(sites: list[dict], data_dir: Path) -> list[dict]:
     return out
 
 
-def leave_one_out(groups: list[dict], precision: float) -> dict:
-    """Each fit help center judged by a fit on the others: answerable questions answered right, out
-    of scope ones answered."""
-    counts = {"in_scope": [0, 0], "trap": [0, 0], "out_of_scope": [0, 0]}
-    fit = [g for g in groups if g["row"]["part"] == "fit"]
-    for site in sorted({g["row"]["site"] for g in fit}):
-        model, th = ffm.fit_matcher([g for g in fit if g["row"]["site"] != site], precision)
-        for g in fit:
-            if g["row"]["site"] != site or g["row"]["kind"] == "gold_removed":
-                continue
-            p, right = ffm.best(model, g)
-            kind = g["row"]["kind"]
-            counts[kind][0] += bool(p >= th["direct"] and (right or kind == "out_of_scope"))
-            counts[kind][1] += 1
-    return {f"{k}_answered{'' if k == 'out_of_scope' else '_right'}": round(a / n, 4) if n else None
-            for k, (a, n) in counts.items()} | {"n": {k: n for k, (_, n) in counts.items()}}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--precision", type=float, default=0.9)
@@ -113,7 +95,7 @@ def main() -> None:
     model, th = ffm.fit_matcher(fit, args.precision)
     figures = {part: ffm.report(model, [g for g in groups if g["row"]["part"] == part], th)
                for part in ("fit", "held_out")}
-    figures["fit_leave_one_site_out"] = leave_one_out(groups, args.precision)
+    figures["fit_leave_one_site_out"] = ffm.leave_one_site_out(fit, args.precision)
     result = {"features": FEATURES, "weights": [round(float(w), 4) for w in model.coef_[0]],
               "bias": round(float(model.intercept_[0]), 4), "direct": th["direct"], "clarify": th["clarify"],
               "precision_target": args.precision, "fitted_on": sorted({g["row"]["site"] for g in fit}),
