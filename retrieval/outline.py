@@ -118,8 +118,10 @@ class Outline:
     def rule(self) -> None:
         self._items.append(_Rule())
 
-    def first_heading(self) -> str:
-        return next((i.text for i in self._items if isinstance(i, _Heading)), "")
+    def first_heading(self, level: int | None = None) -> str:
+        """The first heading's text (of that ``level`` when given), "" when there is none."""
+        return next((i.text for i in self._items
+                     if isinstance(i, _Heading) and (level is None or i.level == level)), "")
 
     def sections(self, title: str) -> list[Section]:
         top = [i for i in self._items if isinstance(i, _Heading) and i.level == 1]

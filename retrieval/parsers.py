@@ -121,8 +121,8 @@ def _caps_heading(line: str) -> bool:
             and line.strip()[-1] not in ".?!;," and ":" not in line)
 
 
-def _text_outline(body: str) -> Outline:
-    outline = Outline(MARKDOWN, joiner="\n\n")
+def _text_outline(body: str, outline: Outline | None = None) -> Outline:
+    outline = outline or Outline(MARKDOWN, joiner="\n\n")
     for paragraph in _PARAGRAPHS.split(body):
         if _RULE.match(paragraph):
             outline.rule()
@@ -144,17 +144,52 @@ def _text_outline(body: str) -> Outline:
     return outline
 
 
-def parse_text(name: str, data: bytes, settings: IngestSettings) -> list[ParsedDocument]:
-    """Plain text is one section, unless it reads as an FAQ (question lines with answers).
+def _title_line(paragraph: str) -> bool:
+    """A text's opening paragraph that is its title: one short line ending in no punctuation
+    ("Making a Claim With Harborline"), not a sentence ("Open 9 to 5.")."""
+    line = paragraph.strip()
+    return bool(line) and "\n" not in line and len(line) <= 80 and line[-1] not in ".?!:;," and not _caps_heading(line)
 
-    An FAQ's capitalised or underlined lines ("SHIPPING") are its section headings. A text with
-    no FAQ entry stays one section: headings guessed from capitals are not worth splitting prose.
+
+def _article(body: str) -> tuple[str, list[Section]] | None:
+    """A prose text laid out as an article (a help center's plain-text export): its title and its
+    sections, one per heading; None when it is not one.
+
+    Headings are lines underlined with ``===`` / ``---`` or lines in capitals; the title is a first
+    line underlined with ``===``, else an opening line of its own above the headings. A title and a
+    heading, or two headings, make an article: a lone capitalised line in a note is not worth
+    splitting it.
+    """
+    first, _, rest = body.partition("\n\n")
+    lead = first.strip() if rest.strip() and _title_line(first) else ""
+    outline = Outline(MARKDOWN, joiner="\n\n")
+    if lead:
+        outline.heading(1, lead)
+    _text_outline(rest if lead else body, outline)
+    title = lead or outline.first_heading(level=1)
+    sections = outline.sections(title)
+    if bool(title) + sum(bool(s.heading) for s in sections) < 2 or any(s.kind == "faq" for s in sections):
+        return None
+    return title, sections
+
+
+def parse_text(name: str, data: bytes, settings: IngestSettings) -> list[ParsedDocument]:
+    """Plain text is one section, unless it reads as an FAQ (question lines with answers) or as an
+    article with headings (``_article``).
+
+    An FAQ's capitalised or underlined lines ("SHIPPING") are its section headings. A help
+    center's article exported as text keeps its title and one section per heading, as its
+    Markdown or HTML twin does (before, such a file was one section titled by its file name, so
+    the FAQ matcher read "making-a-claim" as what the article is about).
     """
     body = tidy(decode_text(name, data))
     sections = _text_outline(body).sections("") if body else []
-    if not any(s.kind == "faq" for s in sections):
-        sections = [Section(text=body)] if body else []
-    return single_document(name, "", sections, "text/plain")
+    if any(s.kind == "faq" for s in sections):
+        return single_document(name, "", sections, "text/plain")
+    article = _article(body) if body else None
+    if article:
+        return single_document(name, article[0], article[1], "text/plain")
+    return single_document(name, "", [Section(text=body)] if body else [], "text/plain")
 
 
 # --- CSV FAQ ----------------------------------------------------------------------------------

@@ -141,6 +141,30 @@ def test_plain_text_is_one_section_titled_by_file_stem():
     assert [s.text for s in doc.sections] == ["Open 9 to 5.\n\nClosed Sundays."]
 
 
+@pytest.mark.parametrize("text", [
+    # setext: the title underlined with ===, sections with ---
+    "Making a Claim\n==============\n\nClaim online at any time.\n\nWhat you need\n-------------\n\n"
+    "Photos and receipts.\n1. Open the app.\n2. Tap Claim.\n\nHow long it takes\n-----------------\n\nMost claims settle in 10 days.\n",
+    # an opening title line, sections as capitalised lines
+    "Making a Claim\n\nClaim online at any time.\n\nWHAT YOU NEED\n\nPhotos and receipts.\n1. Open the app.\n2. Tap Claim."
+    "\n\nHOW LONG IT TAKES\n\nMost claims settle in 10 days.\n",
+])
+def test_a_text_article_keeps_its_title_and_a_section_per_heading(text):
+    """A help center's article exported as plain text reads as its Markdown twin does."""
+    doc = one(parse_bytes("making-a-claim.txt", text.encode(), S))
+    assert doc.title == "Making a Claim"
+    assert [s.text for s in doc.sections] == [
+        "Claim online at any time.", "Photos and receipts.\n1. Open the app.\n2. Tap Claim.", "Most claims settle in 10 days."]
+    assert [s.heading.lower() for s in doc.sections] == ["", "what you need", "how long it takes"]
+    assert all(s.kind == "text" for s in doc.sections)
+
+
+def test_a_note_with_one_capitalised_line_stays_one_section():
+    doc = one(parse_bytes("note.txt", b"NOTE\n\nWe are closed on Sundays.\n\nOpen 9 to 5.\n", S))
+    assert doc.title == "note"
+    assert [s.text for s in doc.sections] == ["NOTE\n\nWe are closed on Sundays.\n\nOpen 9 to 5."]
+
+
 def test_text_with_utf8_bom_or_utf16_bom_is_read():
     text = "Caf\u00e9 hours: 9\u201317."
     for data in (b"\xef\xbb\xbf" + text.encode(), text.encode("utf-16")):
