@@ -16,10 +16,11 @@ ingested into its own bot with the default embedder, and every question goes thr
 configuration and per part (``fit`` companies, on which thresholds may be fitted, and ``held_out``
 ones, which nothing was fitted on): share right, contradictions on traps, out of scope not answered,
 share replied directly (the FAQ's own answer), first-token p50; and the CPU they ran on. Also
-``right_after_choice``: right at once, or asked back offering the question's own entry and right
-once the visitor chose it (the widget's topic button sends the entry's question as the next
-message of the same conversation); a visitor whose entry was not offered, or who asked
-something the FAQ does not answer, chooses nothing.
+``right_after_choice``: right at once, or asked back offering the question's own entry (on a help
+center: a passage of the article that answers it) and right once the visitor chose it (the
+widget's topic button sends the topic's words as the next message of the same conversation); a
+visitor whose entry was not offered, or who asked something the FAQ does not answer, chooses
+nothing.
 
     python bench/answer_quality.py                      # current default, extractive, previous (963c26b)
     python bench/answer_quality.py --configs current --json var/bench/answers.json
@@ -133,13 +134,21 @@ def worker(args) -> None:
             # Asked back: the visitor chooses the offered topic that is their question (the widget's
             # button sends its words), when it is offered; out-of-scope visitors choose none.
             offered = row.pop("topics")
-            pick = next((t for t in offered if q.get("entry") and _words(t) == _words(q["entry"])), None)
+            pick = next((t for t, doc in offered if _is_theirs(q, t, doc)), None)
             if row["decision"] == "clarify" and pick and q["kind"] != "out_of_scope":
                 chosen = turn(dialogue, cid, pick)
                 chosen.pop("topics")
                 row["chosen"] = {"q": pick, **chosen}
             results.append(row)
     Path(args.out).write_text(json.dumps(results, ensure_ascii=False, indent=1))
+
+
+def _is_theirs(q: dict, topic: str, doc: str) -> bool:
+    """Is the offered ``topic`` (from document ``doc``) the visitor's question: its FAQ entry, or
+    on a help center a passage of the article that answers it?"""
+    if q.get("entry"):
+        return _words(topic) == _words(q["entry"])
+    return bool(q.get("article") and topic) and Path(str(doc or "")).name == q["article"]
 
 
 def _words(text: str) -> str:
@@ -150,7 +159,8 @@ def _words(text: str) -> str:
 
 def turn(dialogue, cid: str, text: str) -> dict:
     """One visitor message through ``DialogueManager.respond``: decision, model, reply, first-token
-    time and the topics a clarifying question offered (their words, as the widget shows them)."""
+    time and the topics a clarifying question offered (their words, as the widget shows them, and
+    the document each is from)."""
     t0 = time.perf_counter()
     decision = model = ""
     pieces, ttft, topics = [], None, []
@@ -164,7 +174,8 @@ def turn(dialogue, cid: str, text: str) -> dict:
         elif event.type == "handoff":
             pieces.append(event.data.get("message", ""))
         elif event.type == "sources" and decision == "clarify":
-            topics = [s.get("topic") or s.get("title") or "" for s in event.data.get("sources", [])]
+            topics = [(s.get("topic") or s.get("title") or "", s.get("doc_id") or s.get("source") or "")
+                      for s in event.data.get("sources", [])]
     return {"decision": decision, "model": model, "reply": "".join(pieces), "ttft_ms": ttft, "topics": topics}
 
 

@@ -203,14 +203,22 @@ class TurnPipeline:
 
     def chosen(self, message: str, chunk_id: int) -> Plan | None:
         """The plan when ``message`` is a topic the bot just offered (``chunk_id``: its entry): the
-        visitor chose it, so the reply is that FAQ entry's own answer. The entry is found by
-        retrieving its words alone (the conversation before is what was unclear); None when it is
-        not an FAQ entry or was not retrieved (the message is then planned as any other)."""
+        visitor chose it, so the reply is that FAQ entry's own answer, or on a help center the
+        offered passage (quoted or written from, as a sure passage is: ``_matched``). The entry is
+        found by retrieving its words alone (the conversation before is what was unclear); None
+        when it was not retrieved or is neither an FAQ entry nor a help center's passage (the
+        message is then planned as any other)."""
         hits = self.retrieve(message, [])
-        entry = next((h for h in hits if int(h.chunk_id) == int(chunk_id) and h.faq_answer), None)
+        entry = next((h for h in hits if int(h.chunk_id) == int(chunk_id)), None)
         if entry is None:
             return None
-        return Plan(Decision(ANSWER, DIRECT, float(entry.confidence)), hits, [entry])
+        if entry.faq_answer:
+            return Plan(Decision(ANSWER, DIRECT, float(entry.confidence)), hits, [entry])
+        passages = self.matcher is not None and self.matcher.passages is not None
+        if not passages or pool_kind(hits) != "flat" or any(h.faq_answer for h in hits):
+            return None
+        reason = PASSAGE if self.settings.passage_reply == "write" else DIRECT
+        return Plan(Decision(ANSWER, reason, float(entry.confidence)), hits, [entry])
 
     def match(self, message: str, hits: Sequence[Hit], decision: Decision) -> "FAQMatch | None":
         """The FAQ matcher's verdict: a flat knowledge base whose hits hold an FAQ entry

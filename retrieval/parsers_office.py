@@ -66,6 +66,21 @@ def _add_lines(outline: Outline, text: str, entries: list[tuple[str, str]]) -> N
             outline.entry(*entries[index])
 
 
+_TITLE_SEPARATOR = re.compile(r"\s+[|\u2013\u2014\u00b7:-]\s+")
+
+
+def page_title(title: str, headings: list[str]) -> str:
+    """The page's title without the site's name: a help center's ``<title>`` is usually the
+    article's ``<h1>`` and the site ("Booking Accessible Seating | Ticketnest Help Center"); the
+    part that is one of the page's h1 ``headings`` is the title, as a Markdown twin's ``#`` is. A
+    title with no such part is kept whole ("Patient FAQ | BrightSmile Dental")."""
+    folded = {" ".join(h.split()).casefold(): " ".join(h.split()) for h in headings if h.strip()}
+    for part in _TITLE_SEPARATOR.split(title):
+        if " ".join(part.split()).casefold() in folded and part.strip() != title.strip():
+            return folded[" ".join(part.split()).casefold()]
+    return title
+
+
 def parse_html(name: str, data: bytes, settings: IngestSettings) -> list[ParsedDocument]:
     """Main text of a page, split at h1-h6, with its FAQ entries; chrome and scripts dropped.
 
@@ -87,6 +102,7 @@ def parse_html(name: str, data: bytes, settings: IngestSettings) -> list[ParsedD
         if not tag.decomposed:
             tag.decompose()
     root = soup.find("main") or soup.body or soup
+    title = page_title(title, [h.get_text(" ", strip=True) for h in root.find_all("h1")])
     entries = take_entries(root, soup)
     hidden = soup.find_all(attrs={"hidden": True}) + soup.find_all(attrs={"aria-hidden": "true"})
     for tag in soup.find_all(_DROP_AFTER) + hidden:

@@ -81,3 +81,18 @@ def test_a_help_centers_passage_is_the_reply_and_a_question_it_does_not_answer_i
     assert plan.decision.action == ANSWER and plan.direct and "£240" in plan.sources[0].text
     off = "is there an iphone app"
     assert paydeck.plan(off, paydeck.retrieve(off, [])).decision.action != ANSWER
+
+
+def test_a_passage_the_visitor_chose_from_a_clarifying_question_is_the_reply(paydeck):
+    """The topic button sends the article's title; the reply is the passage that was offered
+    (not the title planned as a new question, which may find another section or ask again)."""
+    from bot.pipeline import topic_text
+    from bot.policy import ANSWER, DIRECT
+
+    message = "got the email with the big zip of everything, how long before that download expires"
+    offered = paydeck.matcher.match(message, paydeck.retrieve(message, [])).entry
+    assert offered.doc_id == "data-export.md" and "72 hours" in offered.text
+    plan = paydeck.chosen(topic_text(offered), offered.chunk_id)
+    assert plan is not None and plan.decision.action == ANSWER and plan.decision.reason == DIRECT
+    assert [h.chunk_id for h in plan.sources] == [offered.chunk_id]
+    assert paydeck.chosen("Exporting Your Data", -1) is None  # not among the hits: planned as any message
