@@ -82,12 +82,22 @@ class ReplyStream(Iterator[str]):
 
 def topic_text(hit: Hit) -> str:
     """The words a clarifying question offers ``hit`` with: an FAQ entry's question, else its
-    title; ``""`` (not a topic) when that title is only the file's name: an uploaded ``faq.txt``
-    is titled "faq", and "Are you asking about “faq”?" tells the visitor nothing."""
+    title and section; ``""`` (not a topic) when there is no section and the title is only the
+    file's name: an uploaded ``faq.txt`` is titled "faq", and "Are you asking about “faq”?" tells
+    the visitor nothing."""
     if hit.question:
         return hit.question
     title = str(hit.title or "").strip()
-    return "" if title.casefold() == PurePath(str(hit.doc_id or "")).stem.casefold() else title
+    if title.casefold() == PurePath(str(hit.doc_id or "")).stem.casefold():
+        title = ""
+    meta = hit.metadata or {}
+    # A help center's passage is offered with its section too ("Placing and Changing an Order:
+    # Editing or cancelling an order"): one article holds several topics, and the words the
+    # topic button sends then retrieve that passage (``TurnPipeline.chosen``).
+    section = "" if meta.get("entity_name") else str(meta.get("heading") or "").split(" > ")[-1].strip()
+    if section and section.casefold() != title.casefold():
+        return f"{title}: {section}" if title else section
+    return title
 
 
 def either(topics) -> str:

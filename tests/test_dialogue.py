@@ -609,6 +609,21 @@ def test_clarify_offers_entries_not_a_page_intro_nor_a_file_name():
     assert offered == [] and "Opening hours" not in text and "something in our help center" in text
 
 
+def test_a_passage_is_offered_with_its_article_and_section():
+    from bot.pipeline import topic_text
+    from retrieval.types import Hit
+
+    def hit(title, heading, **meta):
+        return Hit(chunk_id=1, doc_id="orders.md", title=title, text="...", score=1.0, confidence=0.3,
+                   metadata={"heading": heading, **meta})
+
+    assert topic_text(hit("Placing an Order", "Editing an order")) == "Placing an Order: Editing an order"
+    assert topic_text(hit("Placing an Order", "Placing an Order > Editing an order")) == "Placing an Order: Editing an order"
+    assert topic_text(hit("Placing an Order", "")) == "Placing an Order"  # the intro
+    assert topic_text(hit("orders", "Editing an order")) == "Editing an order"  # titled by its file name
+    assert topic_text(hit("HOBSONS HOUSE", "reviews", entity_name="hobsons house")) == "HOBSONS HOUSE"
+
+
 def test_a_clarifying_question_offers_up_to_three_close_entries_and_never_a_far_one():
     from bot.faq_match import FAQMatch
 
