@@ -74,11 +74,12 @@ def page_title(title: str, headings: list[str]) -> str:
     article's ``<h1>`` and the site ("Booking Accessible Seating | Ticketnest Help Center"); the
     part that is one of the page's h1 ``headings`` is the title, as a Markdown twin's ``#`` is. A
     title with no such part is kept whole ("Patient FAQ | BrightSmile Dental")."""
-    folded = {" ".join(h.split()).casefold(): " ".join(h.split()) for h in headings if h.strip()}
-    for part in _TITLE_SEPARATOR.split(title):
-        if " ".join(part.split()).casefold() in folded and part.strip() != title.strip():
-            return folded[" ".join(part.split()).casefold()]
-    return title
+    def key(text: str) -> str:
+        return " ".join(text.split()).casefold()
+
+    h1s = {key(h): " ".join(h.split()) for h in headings if h.strip()}
+    parts = _TITLE_SEPARATOR.split(title)
+    return next((h1s[key(p)] for p in parts if len(parts) > 1 and key(p) in h1s), title)
 
 
 def parse_html(name: str, data: bytes, settings: IngestSettings) -> list[ParsedDocument]:
